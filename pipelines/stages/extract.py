@@ -1,0 +1,12 @@
+"""Stage `extract` (not implemented yet)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("extract", help="(not implemented yet)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    raise SystemExit("tempstop extract: not implemented yet")

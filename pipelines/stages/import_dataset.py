@@ -1,0 +1,12 @@
+"""Stage `import_dataset` (not implemented yet)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("import-dataset", help="(not implemented yet)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    raise SystemExit("tempstop import-dataset: not implemented yet")

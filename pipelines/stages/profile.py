@@ -1,0 +1,12 @@
+"""Stage `profile` (not implemented yet)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("profile", help="(not implemented yet)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    raise SystemExit("tempstop profile: not implemented yet")

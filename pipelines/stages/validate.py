@@ -1,0 +1,12 @@
+"""Stage `validate` (not implemented yet)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("validate", help="(not implemented yet)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    raise SystemExit("tempstop validate: not implemented yet")

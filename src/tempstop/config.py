@@ -1,0 +1,315 @@
+"""One typed configuration for TempMe-STOP.
+
+`params.yaml` (DVC), the user's JSON training configs (``{"training": {...}}``) and the
+CLI all load into :class:`UnifiedModelConfig`. Validation happens once, at the entry point:
+an unknown key or a value of the wrong type raises :class:`ConfigError` naming the key
+(``training.batch_size: ...``).
+
+Sections are small models so that each component receives only its own part
+(``create_unified_model(cfg.model)``, ``extract(..., cfg.extract)``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Datatype = Literal["msrvtt", "didemo", "activitynet", "vatex", "demo", "custom"]
+TrainingMode = Literal["joint", "tempme_only", "stop_only", "sequential"]
+Variant = Literal["unified", "tempme", "stop", "meanP"]
+
+#: Datasets evaluated paragraph-to-video (captions of a video joined into one query).
+PARAGRAPH_DATATYPES = frozenset({"didemo", "activitynet"})
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors (typos must not be silently ignored); types are strict
+    # enough that "8" for an int is rejected rather than guessed.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
+
+
+class DataConfig(_Section):
+    """Where the dataset lives (native layout: ``<root>/<split>/{videos/,annotations.json}``)."""
+
+    root: str = "data/demo"
+    datatype: Datatype = "demo"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+
+
+class DemoConfig(_Section):
+    """The generated two-event moving-shapes benchmark (DESIGN section 6)."""
+
+    seed: int = 0
+    train_quadruples: int = Field(600, ge=1)
+    val_quadruples: int = Field(75, ge=1)
+    test_quadruples: int = Field(75, ge=1)
+    train_captions: int = Field(3, ge=1)
+    size: int = Field(96, ge=32)
+    fps: int = Field(8, ge=1)
+    seconds: float = Field(4.0, gt=0)
+    workers: int = Field(2, ge=1)
+
+
+class ValidateConfig(_Section):
+    """Annotation and video checks."""
+
+    timeout_s: float = Field(30.0, gt=0)
+    workers: int = Field(2, ge=1)
+    min_caption_words: int = Field(1, ge=0)
+    max_caption_words: int = Field(200, ge=1)
+    min_fps: float = Field(1.0, gt=0)
+    max_fps: float = Field(240.0, gt=0)
+    min_side: int = Field(16, ge=1)
+    max_side: int = Field(8192, ge=1)
+
+
+class ExtractConfig(_Section):
+    """Frame pre-extraction: ``frames`` uniformly sampled frames, resized and centre-cropped."""
+
+    frames: int = Field(8, ge=1)
+    size: int = Field(64, ge=8)
+    workers: int = Field(2, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    per_segment: bool = False
+
+
+class TempMeConfig(_Section):
+    """TempMe schedule (DESIGN section 2). Paper defaults are for ViT-B/32, 12 frames."""
+
+    enabled: bool = True
+    lora_rank: int = Field(8, ge=0)
+    lora_alpha: float = 8.0
+    lora_text: bool = True
+    imgme_layers: list[int] = Field(default_factory=lambda: list(range(8)))
+    imgme_r: int = Field(2, ge=0)
+    clipme_layers: list[int] = Field(default_factory=lambda: [8, 9, 10])
+    clipme_k: list[int] = Field(default_factory=lambda: [2, 2, 3])
+    cross_keep: float = Field(0.7, gt=0, le=1)
+    intra_keep: float = Field(0.9, gt=0, le=1)
+    final_intra_keep: float = Field(0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> TempMeConfig:
+        if len(self.clipme_layers) != len(self.clipme_k):
+            raise ValueError(
+                f"clipme_layers ({self.clipme_layers}) and clipme_k ({self.clipme_k}) "
+                "must have the same length"
+            )
+        return self
+
+
+class StopConfig(_Section):
+    """STOP prompting (DESIGN section 3)."""
+
+    enabled: bool = True
+    layers: int = Field(4, ge=0)
+    num_regions: int = Field(16, ge=1)
+    score_alpha: float = Field(0.5, ge=0, le=1)
+    hidden_dim: int = Field(32, ge=1)
+    max_temporal_prompts: int = Field(4, ge=0)
+    eta: float = Field(4.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    text_prompts: int = Field(0, ge=0)
+
+
+class ModelConfig(_Section):
+    """Backbone plus the TempMe and STOP modules."""
+
+    backbone: str = "tempstop-tiny"
+    pretrained: str | None = None
+    freeze_backbone: bool = False
+    variant: Variant = "unified"
+    max_words: int = Field(32, ge=4)
+    tempme: TempMeConfig = Field(default_factory=TempMeConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
+
+
+class TrainingConfig(_Section):
+    """Trainer options; key names follow the user's guide (TRAINING_GUIDE.md)."""
+
+    # params.yaml says `mode` (so `dvc exp run -S training.mode=joint` works); the user's
+    # guide JSON says `training_mode`: both load.
+    mode: TrainingMode = Field("joint", validation_alias=AliasChoices("mode", "training_mode"))
+    tempme_lr: float = Field(1e-4, ge=0)
+    stop_lr: float = Field(1e-5, ge=0)
+    backbone_lr: float = Field(1e-4, ge=0)
+    batch_size: int = Field(8, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    num_epochs: int = Field(20, ge=1)
+    warmup_epochs: float = Field(2, ge=0)
+    optimizer: Literal["AdamW", "BertAdam"] = "AdamW"
+    weight_decay: float = Field(0.01, ge=0)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, ge=0)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    datatype: Datatype = "msrvtt"
+    tempme_loss_weight: float = Field(1.0, ge=0)
+    stop_loss_weight: float = Field(1.0, ge=0)
+    train_data_path: str = "./data/train"
+    val_data_path: str = "./data/val"
+    checkpoint_dir: str = "./checkpoints/unified_model"
+    save_every: int = Field(2, ge=1)
+    sequential_split: float = Field(0.5, gt=0, lt=1)
+    amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
+    seed: int = 42
+    num_workers: int = Field(0, ge=0)
+    keep_quadruples: bool = False
+    max_bad_steps: int = Field(5, ge=1)
+    frames_cache: str = "data/frames_cache"
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @property
+    def training_mode(self) -> str:
+        """The guide's name for :attr:`mode`."""
+        return self.mode
+
+
+class EvaluateConfig(_Section):
+    """Evaluation options."""
+
+    split: str = "test"
+    batch_size: int = Field(64, ge=1)
+    dsl: bool = False
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking; ``MLFLOW_TRACKING_URI`` overrides ``uri``."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "tempstop"
+    registered_model: str = "tempstop-unified"
+    enabled: bool = True
+
+
+class UnifiedModelConfig(_Section):
+    """The whole configuration: every section of params.yaml."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    # ---- loading -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> UnifiedModelConfig:
+        """Validate a nested dict; errors name the file and the dotted key."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_format_errors(exc, source)) from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> UnifiedModelConfig:
+        """Load a JSON config (the user's guide format ``{"training": {...}}`` or full)."""
+        path = Path(path)
+        try:
+            raw = json.loads(_read(path))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+        return cls.from_dict(raw, str(path))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> UnifiedModelConfig:
+        """Load a YAML config such as params.yaml."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(_read(path))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        return cls.from_dict(raw, str(path))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> UnifiedModelConfig:
+        """Load JSON or YAML by extension."""
+        suffix = Path(path).suffix.lower()
+        if suffix == ".json":
+            return cls.from_json(path)
+        if suffix in {".yaml", ".yml"}:
+            return cls.from_yaml(path)
+        raise ConfigError(f"{path}: unknown config format (use .json, .yaml or .yml)")
+
+    # ---- editing and saving --------------------------------------------------------
+    def with_overrides(self, overrides: dict[str, Any]) -> UnifiedModelConfig:
+        """Return a copy with dotted-key overrides applied (``{"training.batch_size": 4}``)."""
+        raw = self.to_dict()
+        for dotted, value in overrides.items():
+            node = raw
+            keys = dotted.split(".")
+            for key in keys[:-1]:
+                if not isinstance(node.get(key), dict):
+                    raise ConfigError(f"{dotted}: unknown key {key!r}")
+                node = node[key]
+            if keys[-1] not in node:
+                raise ConfigError(f"{dotted}: unknown key {keys[-1]!r}")
+            node[keys[-1]] = value
+        return UnifiedModelConfig.from_dict(raw, "overrides")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, with the section names of params.yaml."""
+        return self.model_dump(by_alias=True, mode="json")
+
+    def to_json(self, path: str | Path) -> None:
+        """Write the config as JSON, atomically."""
+        from tempstop.utils import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened ``section.key`` view, e.g. for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = node
+
+        walk("", self.to_dict())
+        return out
+
+
+def _read(path: Path) -> str:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    return path.read_text(encoding="utf-8")
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        else:
+            lines.append(f"{source}: {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None) -> UnifiedModelConfig:
+    """Load ``path`` (JSON or YAML); ``None`` gives the defaults."""
+    if path is None:
+        return UnifiedModelConfig()
+    return UnifiedModelConfig.from_file(path)
