@@ -20,6 +20,7 @@ STAGE_MODULES = [
     "evaluate",
     "search",
     "promote",
+    "plots",
 ]
 
 TELEMETRY_OFF = {
