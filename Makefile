@@ -13,7 +13,19 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup demo test test-fast lint clean
+# Prefect: a local server, process workers for the GPU work pool, the deployments (prefect.yaml).
+PREFECT_HOST ?= 127.0.0.1
+PREFECT_PORT ?= 4200
+PREFECT_POOL ?= gpu-pool
+GPU ?= 0
+QUEUE ?= default
+PREFECT_API := http://$(PREFECT_HOST):$(PREFECT_PORT)/api
+# Tools run from the venv, and DVC stages find `tempstop` and `python` there too.
+RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
+comma := ,
+
+.PHONY: setup demo smoke metrics test test-fast lint clean mlflow-ui tensorboard \
+	prefect-server prefect-worker deploy
 
 setup: $(STAMP)
 
@@ -26,8 +38,46 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The whole pipeline on the generated demo dataset, on whatever device is there (CPU is fine).
 demo: setup
-	$(BIN)/dvc repro
+	$(RUN) dvc repro
+	@$(MAKE) --no-print-directory metrics
+
+# A tiny end-to-end run (about a minute) through the Prefect flow, in a temporary Prefect server.
+smoke: setup
+	$(RUN) PREFECT_LOGGING_EXTRA_LOGGERS=tempstop,pipelines python -m pipelines.flows.retrain --smoke
+
+metrics:
+	@echo; echo "== test-split metrics (dvc metrics show) =="
+	@$(RUN) dvc metrics show
+	@echo; echo "Plots:      metrics/plots/recall_at_k.png, metrics/plots/training_curves.png (or: dvc plots show)"
+	@echo "MLflow:     $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (make mlflow-ui), http://127.0.0.1:5000"
+	@echo "TensorBoard: $(BIN)/tensorboard --logdir outputs   (make tensorboard), http://127.0.0.1:6006"
+	@echo "Experiments: $(BIN)/dvc exp run -S training.mode=sequential; $(BIN)/dvc exp show"
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+tensorboard: setup
+	$(BIN)/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
+
+# Server state (sqlite) lives in .prefect/ of this checkout; stop with Ctrl-C.
+prefect-server: setup
+	PREFECT_HOME="$(CURDIR)/.prefect" $(BIN)/prefect server start --host $(PREFECT_HOST) --port $(PREFECT_PORT)
+
+# One process worker per GPU: `make prefect-worker GPU=1` on the second card (each worker from
+# its own checkout: runs write outputs/ of the checkout); --limit 1: one run at a time.
+# Multi-GPU runs: `make prefect-worker GPU=0,1,2,3 QUEUE=multi-gpu`.
+prefect-worker: setup
+	PREFECT_API_URL=$(PREFECT_API) TEMPSTOP_ROOT="$(CURDIR)" CUDA_VISIBLE_DEVICES=$(GPU) \
+	PREFECT_LOGGING_EXTRA_LOGGERS=tempstop,pipelines $(RUN) \
+	prefect worker start --pool $(PREFECT_POOL) --work-queue $(QUEUE) --type process --limit 1 \
+	  --name "$$(hostname)-gpu$(subst $(comma),-,$(GPU))"
+
+deploy: setup
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 || \
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect work-pool create $(PREFECT_POOL) --type process
+	PREFECT_API_URL=$(PREFECT_API) TEMPSTOP_ROOT="$(CURDIR)" $(RUN) prefect --no-prompt deploy --all
 
 test: setup
 	$(BIN)/pytest
@@ -39,4 +89,4 @@ lint: setup
 	$(BIN)/ruff check src pipelines tests benchmarks
 
 clean:
-	rm -rf data/demo data/frames outputs reports checkpoints
+	rm -rf data/demo data/frames data/frames_cache outputs reports metrics checkpoints

@@ -1,12 +1,131 @@
-"""Stage `evaluate` (not implemented yet)."""
+"""Stage `evaluate`: retrieval metrics of a checkpoint on a split.
+
+``--data`` is a dataset root (``DIR/<split>/``), a split folder, or a frame store; a split
+that was never extracted is extracted into the frame cache first, with the frame count and
+size the checkpoint's model was trained with. ``--checkpoint`` may be a ``models:/NAME@alias``
+URI of the MLflow registry.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
+
+from pipelines.common import add_params_arg, load_params
+
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="(not implemented yet)")
+    """Add the ``evaluate`` sub-command."""
+    p = sub.add_parser(
+        "evaluate",
+        help="t2v / v2t R@1, R@5, R@10, MdR, MnR of a checkpoint on a split",
+        description="Embed every video and query of a split and report text-to-video and "
+        "video-to-text retrieval. Sentence-level datasets use every caption as a query; DiDeMo "
+        "and ActivityNet join a video's captions into one paragraph query.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or models:/NAME@alias")
+    p.add_argument("--data", required=True, help="dataset root, split folder or frame store")
+    p.add_argument("--split", default=None, help="split under a dataset root (default: evaluate.split)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the evaluation JSON here")
+    p.add_argument("--dsl", action="store_true", default=None, help="also report dual-softmax re-ranked numbers")
+    p.add_argument("--datatype", default=None, help="override the dataset type (default: from the data, else the checkpoint)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: evaluate.batch_size")
+    p.add_argument("--cache", default=None, help="frame cache for raw splits (default: training.frames_cache)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-progress", action="store_true")
+    add_params_arg(p)
     p.set_defaults(func=main)
 
 
-def main(args) -> int:
-    raise SystemExit("tempstop evaluate: not implemented yet")
+def resolve_data(data: str | Path, split: str) -> tuple[Path, str]:
+    """``(path of a store or split folder, split name)`` for a root / split folder / store."""
+    from tempstop.data.store import is_store
+
+    data = Path(data)
+    if is_store(data) or (data / "annotations.json").is_file():
+        return data, data.name
+    candidate = data / split
+    if is_store(candidate) or (candidate / "annotations.json").is_file():
+        return candidate, split
+    if not data.exists():
+        raise FileNotFoundError(f"{data}: no such folder")
+    raise FileNotFoundError(f"{data}: not a frame store, a split folder, or a dataset root with a '{split}' split")
+
+
+def print_table(result: dict, out=None) -> None:
+    """Metrics as a small fixed-width table."""
+    out = out or sys.stdout
+    keys = ("R1", "R5", "R10", "MdR", "MnR")
+    print(
+        f"{result['split']}: {result['num_videos']} videos, {result['num_queries']} queries "
+        f"({result['datatype']}, {result['level']} level), {result['seconds']:.1f} s",
+        file=out,
+    )
+    print(f"{'':10}" + "".join(f"{k:>8}" for k in ("R@1", "R@5", "R@10", "MdR", "MnR")), file=out)
+    for name in ("t2v", "v2t", "t2v_dsl", "v2t_dsl"):
+        if name in result:
+            print(f"{name:10}" + "".join(f"{result[name][k]:8.1f}" for k in keys), file=out)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Evaluate; exit 2 when the checkpoint or the data cannot be used."""
+    import torch
+
+    from pipelines.tracking import TrackingError, check_tracking, open_tracker
+    from tempstop.data.extract import ensure_store
+    from tempstop.data.store import FrameStore, StoreError
+    from tempstop.training.checkpoint import CheckpointError, load_model
+    from tempstop.training.evaluation import evaluate_store
+    from tempstop.training.setup import model_input
+    from tempstop.utils import atomic_write_json
+
+    params = load_params(args)
+    split = args.split or params.evaluate.split
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        track = not args.no_track and params.tracking.enabled
+        if track:
+            check_tracking(params)
+        checkpoint = args.checkpoint
+        if checkpoint.startswith(("models:/", "runs:/")):
+            from pipelines.tracking import resolve_model_uri
+
+            checkpoint = resolve_model_uri(checkpoint, params)
+        model, cfg, _ = load_model(checkpoint, device)
+        path, split_name = resolve_data(args.data, split)
+        datatype_hint = args.datatype or cfg.training.datatype
+        store = FrameStore(ensure_store(path, args.cache or params.training.frames_cache, cfg.extract, datatype=datatype_hint))
+        frames, size = model_input(model)
+        if size is not None and store.size != size:
+            raise StoreError(f"{store.path}: {store.size} px frames, but the model takes {size} px")
+        if frames is not None and store.frames != frames:
+            raise StoreError(f"{store.path}: {store.frames} frames per video, but the model takes {frames}")
+        datatype = args.datatype or store.datatype or cfg.training.datatype
+        dsl = params.evaluate.dsl if args.dsl is None else args.dsl
+        metrics = evaluate_store(
+            model,
+            store,
+            device,
+            datatype,
+            args.batch_size or params.evaluate.batch_size,
+            dsl=dsl,
+            dsl_temperature=params.evaluate.dsl_temperature,
+            progress=not args.no_progress,
+        )
+    except (CheckpointError, StoreError, TrackingError, FileNotFoundError, ValueError) as exc:
+        print(f"tempstop evaluate: {exc}", file=sys.stderr)
+        return 2
+    result = {"split": split_name, "checkpoint": str(args.checkpoint), "store": str(store.path), **metrics}
+    print_table(result)
+    if args.json:
+        atomic_write_json(args.json, result)
+    if track:
+        with open_tracker(params, job="evaluate", run_name=f"evaluate-{split_name}") as tracker:
+            flat = {f"{split_name}_{d}_{k}": v for d in ("t2v", "v2t", "t2v_dsl", "v2t_dsl") if d in result
+                    for k, v in result[d].items()}  # fmt: skip
+            tracker.log_metrics(flat)
+            if args.json:
+                tracker.log_artifact(args.json)
+    return 0

@@ -84,15 +84,22 @@ class ExtractConfig(_Section):
 
 
 class TempMeConfig(_Section):
-    """TempMe schedule (DESIGN section 2). Paper defaults are for ViT-B/32, 12 frames."""
+    """TempMe schedule (DESIGN section 2). Paper defaults are for ViT-B/32, 12 frames.
+
+    ``imgme_layers`` / ``clipme_layers`` ``None`` (default) follow the paper's pattern for any
+    depth: ClipMe on the ``len(clipme_k)`` layers before the last, ImgMe on all layers before
+    those (12 layers: ImgMe 0-7, ClipMe 8, 9, 10). Merges keep ``ceil(n * keep)`` tokens,
+    CLS tokens included in ``n``. Frames that do not divide into ``clipme_k`` groups are
+    padded with empty (masked) clips.
+    """
 
     enabled: bool = True
     lora_rank: int = Field(8, ge=0)
     lora_alpha: float = 8.0
     lora_text: bool = True
-    imgme_layers: list[int] = Field(default_factory=lambda: list(range(8)))
+    imgme_layers: list[int] | None = None
     imgme_r: int = Field(2, ge=0)
-    clipme_layers: list[int] = Field(default_factory=lambda: [8, 9, 10])
+    clipme_layers: list[int] | None = None
     clipme_k: list[int] = Field(default_factory=lambda: [2, 2, 3])
     cross_keep: float = Field(0.7, gt=0, le=1)
     intra_keep: float = Field(0.9, gt=0, le=1)
@@ -100,22 +107,29 @@ class TempMeConfig(_Section):
 
     @model_validator(mode="after")
     def _check_schedule(self) -> TempMeConfig:
-        if len(self.clipme_layers) != len(self.clipme_k):
+        if self.clipme_layers is not None and len(self.clipme_layers) != len(self.clipme_k):
             raise ValueError(
                 f"clipme_layers ({self.clipme_layers}) and clipme_k ({self.clipme_k}) "
                 "must have the same length"
             )
+        if any(k < 1 for k in self.clipme_k):
+            raise ValueError(f"clipme_k values must be >= 1, got {self.clipme_k}")
         return self
 
 
 class StopConfig(_Section):
-    """STOP prompting (DESIGN section 3)."""
+    """STOP prompting (DESIGN section 3).
+
+    ``layers``: STOP prompts the inputs of blocks 1..layers (using the CLS attention of the
+    block before); they must come before the first ClipMe layer. ``None`` (default): 4, or as
+    many as fit before the first ClipMe layer.
+    """
 
     enabled: bool = True
-    layers: int = Field(4, ge=0)
+    layers: int | None = Field(None, ge=0)
     num_regions: int = Field(16, ge=1)
     score_alpha: float = Field(0.5, ge=0, le=1)
-    hidden_dim: int = Field(32, ge=1)
+    hidden_dim: int = Field(16, ge=1)
     max_temporal_prompts: int = Field(4, ge=0)
     eta: float = Field(4.0, ge=0)
     beta: float = Field(1.0, ge=0)
@@ -127,8 +141,16 @@ class ModelConfig(_Section):
     """Backbone plus the TempMe and STOP modules."""
 
     backbone: str = "tempstop-tiny"
+    # An open_clip tag ("openai": needs internet) or a local checkpoint file (OpenAI .pt,
+    # open_clip .bin/.pt/.safetensors); null: random init.
     pretrained: str | None = None
     freeze_backbone: bool = False
+    # Frame size the vision tower takes (null: the backbone's own, 224 for ViT-B, 64 for tiny);
+    # pretrained position embeddings are interpolated to it.
+    image_size: int | None = Field(None, ge=16)
+    # QuickGELU activations (OpenAI's CLIP weights need them); null: true for the "openai" tag
+    # and OpenAI TorchScript files, false otherwise.
+    quick_gelu: bool | None = None
     variant: Variant = "unified"
     max_words: int = Field(32, ge=4)
     tempme: TempMeConfig = Field(default_factory=TempMeConfig)
@@ -182,6 +204,8 @@ class EvaluateConfig(_Section):
     split: str = "test"
     batch_size: int = Field(64, ge=1)
     dsl: bool = False
+    # Softmax temperature of dual-softmax re-ranking (applied to cosine similarities).
+    dsl_temperature: float = Field(100.0, gt=0)
 
 
 class TrackingConfig(_Section):

@@ -1,0 +1,156 @@
+"""Frame extraction on real H.264 input: HD, short and variable-frame-rate clips, resume, failures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from media import frame_id, indexed_frames, make_clip, make_split, write_annotations
+
+from pipelines.cli import main as cli
+from tempstop.config import ExtractConfig
+from tempstop.data.extract import ExtractError, ensure_store, extract_split
+from tempstop.data.mp4 import write_video
+from tempstop.data.store import FrameStore
+
+
+def _extract(split, out, **cfg):
+    cfg = ExtractConfig(**{"frames": 8, "size": 32, "workers": 1, **cfg})
+    return extract_split(split, out, cfg, progress=False)
+
+
+def test_hd_clip_sampled_resized_and_centre_cropped(tmp_path):
+    split = tmp_path / "train"
+    frames = indexed_frames(30, 720, 1280)  # 1.2 s at 25 fps
+    frames[:, :, :280] = (255, 0, 0)  # bands outside the centred 720x720 square
+    frames[:, :, 1000:] = (0, 0, 255)
+    write_video(split / "videos" / "hd.mp4", frames, 25, crf=12)
+    write_annotations(split, [{"video_id": "hd", "captions": ["a wide clip"]}])
+    summary = _extract(split, tmp_path / "store")
+    assert (summary["done"], summary["failed"], summary["items"]) == (1, 0, 1)
+    store = FrameStore(tmp_path / "store")
+    arr, mask = store.load(0)
+    assert arr.shape == (8, 32, 32, 3) and arr.dtype == np.uint8 and mask.all()
+    assert [frame_id(f) for f in arr] == [int((i + 0.5) * 30 / 8) for i in range(8)]
+    inner = arr[:, :, 1:-1].astype(int)
+    assert np.abs(inner[..., 0] - inner[..., 2]).max() < 12  # grey only: the bands were cropped away
+
+
+def test_clip_shorter_than_frame_count_is_zero_padded(tmp_path):
+    split = tmp_path / "train"
+    make_clip(split / "videos" / "short.mp4", n=5)
+    write_annotations(split, [{"video_id": "short", "captions": ["five frames"]}])
+    _extract(split, tmp_path / "store")
+    store = FrameStore(tmp_path / "store")
+    assert store.items[0]["num_valid"] == 5
+    arr, mask = store.load(0)
+    assert mask.tolist() == [True] * 5 + [False] * 3
+    assert [frame_id(f) for f in arr[:5]] == [0, 1, 2, 3, 4]
+    assert not arr[5:].any()
+
+
+def test_variable_frame_rate_sampled_uniformly_in_time(tmp_path):
+    split = tmp_path / "train"
+    # 10 frames in the first half second, then one frame every 0.5 s up to 5.5 s.
+    pts = [0.05 * i for i in range(10)] + [1.0 + 0.5 * i for i in range(10)]
+    make_clip(split / "videos" / "vfr.mp4", n=20, fps=10, pts=pts)
+    write_annotations(split, [{"video_id": "vfr", "captions": ["uneven"]}])
+    _extract(split, tmp_path / "store", frames=6)
+    arr, _ = FrameStore(tmp_path / "store").load(0)
+    ids = [frame_id(f) for f in arr]
+    assert ids == sorted(ids) and len(set(ids)) == 6
+    # By index, half of the 6 picks would come from the dense first half second; by time, one.
+    assert sum(i < 10 for i in ids) == 1
+    times = np.array([pts[i] for i in ids])
+    assert np.all(np.diff(times) > 0.4)  # spread over the clip's duration
+
+
+def test_per_segment_items(tmp_path):
+    split = tmp_path / "train"
+    make_clip(split / "videos" / "seg.mp4", n=16, fps=8)  # 2 s
+    write_annotations(
+        split, [{"video_id": "seg", "captions": ["first", "second"], "timestamps": [[0, 1], [1, 2]]}]
+    )
+    _extract(split, tmp_path / "store", frames=4, per_segment=True)
+    store = FrameStore(tmp_path / "store")
+    assert [it["key"] for it in store.items] == ["seg__0", "seg__1"]
+    assert [it["captions"] for it in store.items] == [["first"], ["second"]]
+    assert store.items[1]["segment"] == [1.0, 2.0]
+    first, second = ([frame_id(f) for f in store.load(i)[0]] for i in range(2))
+    assert all(i < 8 for i in first) and all(8 <= i < 16 for i in second)
+
+
+def test_resume_skips_done_and_redoes_deleted(tmp_path):
+    split = tmp_path / "train"
+    items = make_split(split, count=3, n=12)
+    (split / "videos" / "bad.mp4").write_text("not a video")
+    write_annotations(
+        split,
+        items + [{"video_id": "bad", "captions": ["broken"]}, {"video_id": "gone", "captions": ["missing"]}],
+    )
+    out = tmp_path / "store"
+    first = _extract(split, out)
+    assert (first["done"], first["skipped"], first["failed"], first["items"]) == (3, 0, 2, 3)
+    failed = {f["video_id"]: f["reason"] for f in FrameStore(out).failed}
+    assert set(failed) == {"bad", "gone"}
+    assert "cannot open video" in failed["bad"] and "file not found" in failed["gone"]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "arrays").iterdir()}
+
+    second = _extract(split, out)
+    assert (second["done"], second["skipped"], second["items"]) == (0, 3, 3)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "arrays").iterdir()} == mtimes
+
+    (out / "arrays" / "v1.npy").unlink()
+    third = _extract(split, out)
+    assert (third["done"], third["skipped"], third["items"]) == (1, 2, 3)
+    store = FrameStore(out)
+    assert [it["key"] for it in store.items] == ["v0", "v1", "v2"]  # annotation order
+    for i in range(3):
+        assert store.load(i)[1].all()
+    assert not [p for p in out.rglob("*.tmp")]  # no temporaries left behind
+
+
+def test_changed_video_is_redone_and_settings_clash_refused(tmp_path):
+    split = tmp_path / "train"
+    make_split(split, count=2)
+    out = tmp_path / "store"
+    _extract(split, out)
+    make_clip(split / "videos" / "v0.mp4", n=10)  # re-encoded source
+    again = _extract(split, out)
+    assert (again["done"], again["skipped"]) == (1, 1)
+    with pytest.raises(ExtractError, match="size"):
+        _extract(split, out, size=16)
+
+
+def test_ensure_store_extracts_once_into_cache(tmp_path):
+    split = tmp_path / "val"
+    make_split(split, count=2)
+    cfg = ExtractConfig(frames=4, size=16, workers=1)
+    store = ensure_store(split, tmp_path / "cache", cfg)
+    assert store.parent == tmp_path / "cache" and store.name.startswith("val-")
+    assert len(FrameStore(store)) == 2
+    index_mtime = (store / "index.json").stat().st_mtime_ns
+    assert ensure_store(split, tmp_path / "cache", cfg) == store
+    assert (store / "index.json").stat().st_mtime_ns == index_mtime  # reused, not rebuilt
+    assert ensure_store(store, tmp_path / "elsewhere", cfg) == store  # a store is returned as is
+    other = ensure_store(split, tmp_path / "cache", ExtractConfig(frames=2, size=16, workers=1))
+    assert other != store and FrameStore(other).frames == 2
+    with pytest.raises(FileNotFoundError, match="neither a frame store"):
+        ensure_store(tmp_path / "nothing", tmp_path / "cache", cfg)
+
+
+def test_extract_stage_cli(tmp_path, capsys):
+    root = tmp_path / "data"
+    make_split(root / "train", count=2)
+    make_split(root / "test", count=1)
+    out = tmp_path / "frames"
+    params = tmp_path / "params.yaml"  # not the repository's params.yaml
+    params.write_text("extract: {frames: 4, size: 16, workers: 1}\n")
+    rc = cli(["extract", "--data", str(root), "--out", str(out), "--no-progress", "--params", str(params),
+              "--set", "extract.size=16", "--summary", str(tmp_path / "s.json")])  # fmt: skip
+    assert rc == 0
+    assert "videos/s" in capsys.readouterr().out
+    assert (len(FrameStore(out / "train")), len(FrameStore(out / "test"))) == (2, 1)
+    assert FrameStore(out / "train").frames == 4
+    assert set(json.loads((tmp_path / "s.json").read_text())) == {"train", "test"}

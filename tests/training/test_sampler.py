@@ -1,0 +1,80 @@
+"""GroupedBatchSampler: quadruples stay together, seeded order, consistent DDP shards."""
+
+from __future__ import annotations
+
+import pytest
+
+from tempstop.training.sampler import GroupedBatchSampler
+
+GROUPS = [i // 4 for i in range(40)]  # 10 quadruples, in store order
+
+
+def _batches(epoch=0, **kw):
+    args = {"groups": GROUPS, "caption_counts": [3] * 40, "batch_size": 8, "seed": 1} | kw
+    s = GroupedBatchSampler(**args)
+    s.set_epoch(epoch)
+    return list(s)
+
+
+def test_quadruples_stay_in_one_batch():
+    for batch in _batches():
+        assert len(batch) == 8
+        groups = [GROUPS[i] for i, _ in batch]
+        assert all(groups.count(g) == 4 for g in groups)
+
+
+def test_every_video_once_per_epoch_and_one_caption_each():
+    batches = _batches(drop_last=False)
+    seen = [i for b in batches for i, _ in b]
+    assert sorted(seen) == list(range(40))
+    assert all(0 <= c < 3 for b in batches for _, c in b)
+
+
+def test_order_depends_on_seed_and_epoch_only():
+    assert _batches() == _batches()
+    a = GroupedBatchSampler(GROUPS, [3] * 40, 8, seed=1)
+    a.set_epoch(1)
+    assert list(a) != _batches()
+    assert list(a) == list(a)  # iterating does not advance hidden state
+    assert _batches(seed=2) != _batches()
+    # Captions vary across epochs (one random caption per video per epoch).
+    caps = [dict(pair for b in _batches(epoch=e, drop_last=False) for pair in b) for e in range(3)]
+    assert caps[0] != caps[1] and caps[1] != caps[2]
+
+
+def test_ranks_split_the_global_batches():
+    single = _batches(batch_size=8)
+    ranks = [_batches(batch_size=4, num_replicas=2, rank=r) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(single)
+    for b, (r0, r1) in enumerate(zip(*ranks, strict=True)):
+        assert r0 + r1 == single[b]  # the same global batch, cut in two
+
+
+def test_drop_last_and_len():
+    s = GroupedBatchSampler(GROUPS, [1] * 40, 12)
+    assert len(s) == 3 and all(len(b) == 12 for b in s)
+    s = GroupedBatchSampler(GROUPS, [1] * 40, 12, drop_last=False)
+    assert len(s) == 4 and [len(b) for b in s][-1] == 4
+
+
+def test_no_groups_and_no_shuffle_keep_store_order():
+    s = GroupedBatchSampler(None, [2] * 10, 5, shuffle=False, drop_last=False)
+    assert [i for b in s for i, _ in b] == list(range(10))
+    assert all(c == 0 for b in s for _, c in b)
+
+
+def test_state_round_trip():
+    s = GroupedBatchSampler(GROUPS, [3] * 40, 8, seed=5)
+    s.set_epoch(7)
+    t = GroupedBatchSampler(GROUPS, [3] * 40, 8, seed=0)
+    t.load_state_dict(s.state_dict())
+    assert list(t) == list(s)
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="drop_last"):
+        GroupedBatchSampler(None, [1] * 8, 2, num_replicas=2, drop_last=False)
+    with pytest.raises(ValueError, match="rank"):
+        GroupedBatchSampler(None, [1] * 8, 2, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="groups"):
+        GroupedBatchSampler([0, 1], [1] * 8, 2)

@@ -1,0 +1,140 @@
+"""The train / evaluate / index / search commands end to end on the stand-in model (fast)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from training_helpers import FakeModel, write_store
+
+import tempstop.model
+from pipelines.cli import main as cli
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    monkeypatch.setattr(tempstop.model, "create_unified_model", lambda cfg: FakeModel(cfg), raising=False)
+
+
+@pytest.fixture
+def trained(fake_model, tmp_path_factory):
+    """A checkpoint trained for one epoch by ``tempstop train`` (tracking off)."""
+    root = tmp_path_factory.mktemp("stage")
+    store = write_store(root / "data", videos=16)
+    out = root / "ck"
+    rc = cli(
+        [
+            "train", "--mode", "joint", "--seed", "3", "--epochs", "1", "--checkpoint-dir", str(out), "--no-progress",
+            "--summary", str(root / "summary.json"),
+            "--set", f"training.train_data_path={store}", "--set", f"training.val_data_path={store}",
+            "--set", "training.batch_size=4", "--set", "training.datatype=demo", "--set", "tracking.enabled=false",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    return root, store, out
+
+
+def test_train_command_outputs(trained):
+    root, _, out = trained
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["epochs"] == 1 and "best_val_t2v_R1" in summary
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["training"]["seed"] == 3 and cfg["training"]["num_epochs"] == 1
+
+
+def test_train_command_reports_setup_errors(fake_model, tmp_path, capsys):
+    rc = cli(["train", "--no-progress", "--set", f"training.train_data_path={tmp_path / 'missing'}",
+              "--set", "tracking.enabled=false"])  # fmt: skip
+    assert rc == 2
+    assert "training.train_data_path" in capsys.readouterr().err
+
+
+def test_evaluate_command_writes_json(trained, tmp_path, capsys):
+    _, store, out = trained
+    report = tmp_path / "eval.json"
+    rc = cli(["evaluate", "--checkpoint", str(out / "best_model.pth"), "--data", str(store), "--json", str(report),
+              "--dsl", "--no-track", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    result = json.loads(report.read_text())
+    assert result["num_videos"] == 16 and result["num_queries"] == 32  # two captions per video
+    assert result["datatype"] == "demo" and result["checkpoint"].endswith("best_model.pth")
+    for name in ("t2v", "v2t", "t2v_dsl", "v2t_dsl"):
+        assert set(result[name]) == {"R1", "R5", "R10", "MdR", "MnR"}
+    assert len(result["recall_curve"]["t2v"]) == 16
+    assert not any("@" in key for part in result.values() if isinstance(part, dict) for key in part)
+    table = capsys.readouterr().out
+    assert "t2v_dsl" in table and "R@1" in table
+
+
+def test_evaluate_paragraph_level(trained, tmp_path):
+    _, store, out = trained
+    report = tmp_path / "eval.json"
+    rc = cli(["evaluate", "--checkpoint", str(out / "best_model.pth"), "--data", str(store), "--json", str(report),
+              "--datatype", "didemo", "--no-track", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    result = json.loads(report.read_text())
+    assert result["level"] == "paragraph" and result["num_queries"] == 16
+
+
+def test_evaluate_rejects_bad_inputs(trained, tmp_path, capsys):
+    _, store, out = trained
+    assert cli(["evaluate", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(store), "--no-track"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert cli(["evaluate", "--checkpoint", str(out / "best_model.pth"), "--data", str(tmp_path), "--no-track"]) == 2
+    assert "dataset root" in capsys.readouterr().err
+
+
+def test_index_and_search(trained, tmp_path, capsys):
+    _, store, out = trained
+    rc = cli(["index", "--checkpoint", str(out / "best_model.pth"), "--data", str(store), "--out", str(tmp_path / "idx"),
+              "--no-progress"])  # fmt: skip
+    assert rc == 0
+    index = torch.load(tmp_path / "idx" / "index.pt", weights_only=True)
+    assert index["embeddings"].shape == (16, 8) and index["embeddings"].dtype == torch.float16
+    assert torch.allclose(index["embeddings"].float().norm(dim=1), torch.ones(16), atol=1e-2)
+    assert json.loads((tmp_path / "idx" / "videos.json").read_text())[0]["video_id"] == "v000"
+    capsys.readouterr()
+    assert cli(["search", "--index", str(tmp_path / "idx"), "red", "circle", "moves", "left", "--top-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def test_search_single_file_index_and_stdin(trained, tmp_path, capsys, monkeypatch):
+    import io
+
+    _, store, out = trained
+    assert cli(["index", "--checkpoint", str(out / "best_model.pth"), "--data", str(store),
+                "--out", str(tmp_path / "i.pt"), "--float32", "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("red circle\n\nblue square moves up\n"))
+    assert cli(["search", "--index", str(tmp_path / "i.pt"), "--top-k", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("query:") == 2 and "  1. " in printed
+
+
+def test_search_reports_missing_index(tmp_path, capsys):
+    assert cli(["search", "--index", str(tmp_path / "nothing"), "query"]) == 2
+    assert "no index here" in capsys.readouterr().err
+
+
+def test_train_unified_model_script_uses_the_guide_config(fake_model, tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "train_unified_model.py"
+    spec = importlib.util.spec_from_file_location("train_unified_model", script)
+    train_unified_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_unified_model)
+    store = write_store(tmp_path / "data", videos=8)
+    config = tmp_path / "my_training_config.json"
+    config.write_text(json.dumps({
+        "training": {"training_mode": "sequential", "tempme_lr": 1e-4, "stop_lr": 1e-5, "batch_size": 4, "num_epochs": 2,
+                     "datatype": "demo", "checkpoint_dir": str(tmp_path / "ck"), "train_data_path": str(store),
+                     "val_data_path": str(store)},
+        "tracking": {"enabled": False},
+    }))  # fmt: skip
+    assert train_unified_model.main(["--config", str(config), "--mode", "joint", "--seed", "42", "--no-progress"]) == 0
+    history = json.loads((tmp_path / "ck" / "history.json").read_text())
+    assert [r["phase"] for r in history] == ["joint", "joint"]  # --mode overrides training_mode

