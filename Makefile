@@ -39,8 +39,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The whole pipeline on the generated demo dataset, on whatever device is there (CPU is fine).
+# Ends by promoting the new registry version if it beats the champion (tempstop promote).
 demo: setup
 	$(RUN) dvc repro
+	$(RUN) tempstop promote
 	@$(MAKE) --no-print-directory metrics
 
 # A tiny end-to-end run (about a minute) through the Prefect flow, in a temporary Prefect server.

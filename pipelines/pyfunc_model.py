@@ -18,46 +18,47 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 
 class TempStopRetrievalModel(mlflow.pyfunc.PythonModel):
     """Text and video embeddings from a TempMe-STOP checkpoint."""
 
     def load_context(self, context) -> None:
-        import torch
+        from tempstop.training.checkpoint import load_model
 
-        from tempstop.config import UnifiedModelConfig
-        from tempstop.model import create_unified_model
+        self.model, self.cfg, _ = load_model(context.artifacts["checkpoint"], "cpu")
 
-        checkpoint = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=True)
-        self.cfg = UnifiedModelConfig.from_dict(checkpoint["config"], "checkpoint config")
-        self.model = create_unified_model(self.cfg)
-        self.model.load_state_dict(checkpoint["model"])
-        self.model.eval()
-
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         import torch
 
         columns = set(getattr(model_input, "columns", []))
         with torch.no_grad():
             if "text" in columns:
-                texts = [str(t) for t in model_input["text"]]
-                ids, mask = self.model.tokenize(texts)
+                ids, mask = self.model.tokenize([str(t) for t in model_input["text"]])
                 return self.model.encode_text(ids, mask).float().numpy()
             if "video" in columns:
                 return np.stack([self._embed_video(str(p)) for p in model_input["video"]])
         raise ValueError("input needs a 'text' column (queries) or a 'video' column (mp4 paths)")
 
     def _embed_video(self, path: str) -> np.ndarray:
+        """Sample, resize and embed one clip the way `tempstop extract` prepares training data."""
         import torch
 
+        from tempstop.data import video as v
         from tempstop.data.transforms import frames_to_tensor
-        from tempstop.data.video import load_frames
 
-        frames, mask = load_frames(path, self.cfg.extract.frames, self.cfg.extract.size)
-        video = frames_to_tensor(frames[None])
-        video_mask = torch.as_tensor(np.asarray(mask)[None])
-        return self.model.encode_video(video, video_mask)[0].float().numpy()
+        num, size = self.cfg.extract.frames, self.cfg.extract.size
+        reader = v.open_reader(path)
+        starts, duration = v.frame_times(reader)
+        picks = v.sample_indices(starts, num, None, duration)
+        frames = v.resize_center_crop(v.decode(reader, picks), size)  # [k <= num, S, S, 3]
+        padded = np.zeros((num, size, size, 3), dtype=np.uint8)
+        padded[: len(frames)] = frames
+        mask = torch.zeros(1, num, dtype=torch.bool)
+        mask[0, : len(frames)] = True
+        video = frames_to_tensor(torch.from_numpy(padded[None]))
+        return self.model.encode_video(video, mask)[0].float().numpy()
 
 
 mlflow.models.set_model(TempStopRetrievalModel())

@@ -12,9 +12,10 @@ config as a JSON artifact and tags (git commit, training mode, data version, job
 ``tracking.enabled: false`` makes every call a no-op. ``MLFLOW_TRACKING_URI`` overrides
 ``tracking.uri`` (default ``sqlite:///mlflow.db`` in the project root).
 
-The registry side (``resolve_model_uri``, ``selection_score``) is used by evaluate, search and
-promote; registered versions are pyfunc models (pipelines/pyfunc_model.py) that carry the
-checkpoint and config as artifacts.
+Registered versions are pyfunc models (pipelines/pyfunc_model.py) that carry the checkpoint
+and config as artifacts; ``resolve_model_uri`` (pipelines/registry.py, re-exported here) turns
+``models:/NAME@alias`` back into a checkpoint path for evaluate and search, and
+``selection_score`` is what promote compares.
 """
 
 from __future__ import annotations
@@ -40,10 +41,6 @@ _SELECTION_ALIASES = ("val_t2v_R1", "best_val_t2v_R1", "t2v_R1", "val_R1", "best
 #: Requirements written into registered models; given explicitly because MLflow's inference
 #: imports the model and takes ~20 s.
 PIP_REQUIREMENTS = ["tempstop", "torch", "open_clip_torch", "numpy", "pandas"]
-#: Where ``models:/`` checkpoints are downloaded to (git-ignored), one folder per version.
-MODEL_CACHE = Path(".tempstop") / "models"
-#: Extensions that identify the checkpoint inside a registered model's artifacts.
-_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 
 
 class TrackingError(RuntimeError):
@@ -311,6 +308,7 @@ class MlflowTracker(Tracker):
                 python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                 artifacts={"checkpoint": str(path), "config": str(config_path)},
                 pip_requirements=PIP_REQUIREMENTS,
+                signature=_pyfunc_signature(),
                 registered_model_name=name,
             )
         version = str(info.registered_model_version)
@@ -325,6 +323,20 @@ class MlflowTracker(Tracker):
             client.set_model_version_tag(name, version, key, value)
         log.info("registered %s version %s (%s=%s)", name, version, SELECTION_METRIC, score)
         return version
+
+
+def _pyfunc_signature():
+    """Input: a "text" column (queries) or a "video" column (mp4 paths); output: embeddings."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema(
+            [ColSpec("string", "text", required=False), ColSpec("string", "video", required=False)]
+        ),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]),
+    )
 
 
 def _ensure_experiment(name: str, uri: str) -> str:
@@ -371,78 +383,5 @@ def open_tracker(cfg: Any, job: str, run_name: str | None = None) -> Iterator[Tr
         yield tracker
 
 
-# ---- the registry -------------------------------------------------------------------------
-def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@alias`` or ``models:/NAME/VERSION`` -> (name, alias, version)."""
-    body = uri.removeprefix("models:/").strip("/")
-    if "@" in body:
-        name, alias = body.rsplit("@", 1)
-        return name, alias, None
-    if "/" in body:
-        name, version = body.rsplit("/", 1)
-        return name, None, version
-    return body, None, None
-
-
-def resolve_model_uri(uri: str | Path, cfg: Any = None, cache_dir: str | Path | None = None) -> str:
-    """A local checkpoint path for ``uri``.
-
-    Plain paths come back unchanged. ``models:/NAME@alias``, ``models:/NAME/VERSION`` and
-    ``runs:/RUN_ID/PATH`` are downloaded once into ``.tempstop/models/`` (per version, so a
-    moved alias is picked up and an unchanged one is not downloaded again).
-    """
-    uri = str(uri)
-    if not uri.startswith(("models:/", "runs:/")):
-        return uri
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    tracking = tracking_uri(cfg)
-    mlflow.set_tracking_uri(tracking)
-    cache = Path(cache_dir) if cache_dir else MODEL_CACHE
-    if uri.startswith("models:/"):
-        name, alias, version = _parse_models_uri(uri)
-        client = MlflowClient(tracking)
-        try:
-            if alias:
-                version = client.get_model_version_by_alias(name, alias).version
-            elif version is None:
-                versions = client.search_model_versions(f"name='{name}'")
-                if not versions:
-                    raise MlflowException(f"no versions of {name}")
-                version = max(versions, key=lambda v: int(v.version)).version
-        except MlflowException as exc:
-            raise TrackingError(f"cannot resolve {uri} in {tracking}: {str(exc).splitlines()[0]}") from None
-        target = cache / _safe(name) / f"v{version}"
-        source = f"models:/{name}/{version}"
-    else:
-        target = cache / "runs" / _safe(uri.removeprefix("runs:/"))
-        source = uri
-    found = _find_checkpoint(target)
-    if found is None:
-        target.mkdir(parents=True, exist_ok=True)
-        try:
-            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target))
-        except MlflowException as exc:
-            raise TrackingError(
-                f"cannot download {uri} from {tracking}: {str(exc).splitlines()[0]}"
-            ) from None
-        found = _find_checkpoint(target)
-    if found is None:
-        raise TrackingError(f"{uri} holds no checkpoint file ({', '.join(_CHECKPOINT_SUFFIXES)})")
-    log.info("%s -> %s", uri, found)
-    return str(found)
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
-
-
-def _find_checkpoint(folder: Path) -> Path | None:
-    if folder.is_file():
-        return folder
-    if not folder.is_dir():
-        return None
-    files = sorted(p for p in folder.rglob("*") if p.suffix in _CHECKPOINT_SUFFIXES and p.is_file())
-    return files[0] if files else None
+# The registry side lives in pipelines/registry.py; re-exported here, the stages' one import.
+from pipelines.registry import MODEL_CACHE, resolve_model_uri  # noqa: E402,F401

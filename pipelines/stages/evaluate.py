@@ -28,10 +28,18 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="dataset root, split folder or frame store")
     p.add_argument("--split", default=None, help="split under a dataset root (default: evaluate.split)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the evaluation JSON here")
-    p.add_argument("--dsl", action="store_true", default=None, help="also report dual-softmax re-ranked numbers")
-    p.add_argument("--datatype", default=None, help="override the dataset type (default: from the data, else the checkpoint)")
+    p.add_argument(
+        "--dsl", action="store_true", default=None, help="also report dual-softmax re-ranked numbers"
+    )
+    p.add_argument(
+        "--datatype",
+        default=None,
+        help="override the dataset type (default: from the data, else the checkpoint)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="default: evaluate.batch_size")
-    p.add_argument("--cache", default=None, help="frame cache for raw splits (default: training.frames_cache)")
+    p.add_argument(
+        "--cache", default=None, help="frame cache for raw splits (default: training.frames_cache)"
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-progress", action="store_true")
@@ -51,7 +59,9 @@ def resolve_data(data: str | Path, split: str) -> tuple[Path, str]:
         return candidate, split
     if not data.exists():
         raise FileNotFoundError(f"{data}: no such folder")
-    raise FileNotFoundError(f"{data}: not a frame store, a split folder, or a dataset root with a '{split}' split")
+    raise FileNotFoundError(
+        f"{data}: not a frame store, a split folder, or a dataset root with a '{split}' split"
+    )
 
 
 def print_table(result: dict, out=None) -> None:
@@ -96,7 +106,11 @@ def main(args: argparse.Namespace) -> int:
         model, cfg, _ = load_model(checkpoint, device)
         path, split_name = resolve_data(args.data, split)
         datatype_hint = args.datatype or cfg.training.datatype
-        store = FrameStore(ensure_store(path, args.cache or params.training.frames_cache, cfg.extract, datatype=datatype_hint))
+        store = FrameStore(
+            ensure_store(
+                path, args.cache or params.training.frames_cache, cfg.extract, datatype=datatype_hint
+            )
+        )
         frames, size = model_input(model)
         if size is not None and store.size != size:
             raise StoreError(f"{store.path}: {store.size} px frames, but the model takes {size} px")

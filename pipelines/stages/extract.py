@@ -61,10 +61,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"tempstop extract: {split}: {exc}", file=sys.stderr)
             return 2
         summaries[split] = s
+        rate = f", {s['videos_per_s']:.1f} videos/s" if s["done"] else ""
         print(
             f"{split}: {s['videos']} videos: {s['done']} extracted, {s['skipped']} already done, "
-            f"{s['failed']} failed; {s['items']} items in {s['seconds']:.1f} s "
-            f"({s['videos_per_s']:.1f} videos/s) -> {s['store']}"
+            f"{s['failed']} failed; {s['items']} items in {s['seconds']:.1f} s{rate} -> {s['store']}"
         )
         if s["failed"]:
             print(f"  failed videos are listed in {Path(s['store']) / 'index.json'} under 'failed'")

@@ -120,6 +120,8 @@ def _pyplot():
 
 def plot_recall(rows: list[dict[str, float]], evaluation: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ks = [r["k"] for r in rows]
     for key, label in (("t2v", "text -> video"), ("v2t", "video -> text")):
@@ -127,6 +129,7 @@ def plot_recall(rows: list[dict[str, float]], evaluation: dict[str, Any], path: 
         if any(not math.isnan(v) for v in values):
             ax.plot(ks, values, marker="o", markersize=3, label=label)
     ax.set_xlabel("K")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("recall at K (%)")
     split = evaluation.get("split", "?")
     n = evaluation.get("num_videos", "?")
@@ -143,6 +146,8 @@ def plot_recall(rows: list[dict[str, float]], evaluation: dict[str, Any], path: 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     if not rows:
         for ax in (left, right):
@@ -158,6 +163,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
             if prev["phase"] != cur["phase"]:
                 ax.axvline(cur["epoch"] - 0.5, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -8,6 +8,8 @@ the champion stays. Both figures are printed either way.
 
 from __future__ import annotations
 
+import sys
+
 from pipelines.common import add_params_arg, load_params
 
 CHAMPION = "champion"
@@ -116,7 +118,7 @@ def main(args) -> int:
         check_tracking(cfg)
         result = promote(cfg, args.name, args.version, args.min_delta)
     except TrackingError as exc:
-        print(f"tempstop promote: {exc}")
+        print(f"tempstop promote: {exc}", file=sys.stderr)
         return 1
     metric = result["metric"]
     champ = result["champion_version"]

@@ -32,7 +32,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="index file (*.pt) or folder")
     p.add_argument("--float32", action="store_true", help="store float32 embeddings (default float16)")
     p.add_argument("--batch-size", type=int, default=None, help="default: evaluate.batch_size")
-    p.add_argument("--cache", default=None, help="frame cache for raw splits (default: training.frames_cache)")
+    p.add_argument(
+        "--cache", default=None, help="frame cache for raw splits (default: training.frames_cache)"
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--no-progress", action="store_true")
     add_params_arg(p)
@@ -125,5 +127,8 @@ def main_search(args: argparse.Namespace) -> int:
             _print_hits(query, hits)
         if args.timings:
             parts = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in engine.timings.items())
-            print(f"[{len(engine)} videos; {parts}; total {(time.perf_counter() - t0) * 1000:.0f} ms]", file=sys.stderr)
+            print(
+                f"[{len(engine)} videos; {parts}; total {(time.perf_counter() - t0) * 1000:.0f} ms]",
+                file=sys.stderr,
+            )
     return 0

@@ -22,13 +22,20 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """The options of ``tempstop train`` and ``train_unified_model.py`` (the same)."""
     p.add_argument("--mode", choices=MODES, default=None, help="training mode (overrides training.mode)")
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides training.seed)")
-    p.add_argument("--resume", default=None, metavar="PATH", help="continue from checkpoint_epoch_N.pth (full state)")
     p.add_argument(
-        "--init-from", default=None, metavar="PATH", help="initialise the weights from a checkpoint (weights only)"
+        "--resume", default=None, metavar="PATH", help="continue from checkpoint_epoch_N.pth (full state)"
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PATH",
+        help="initialise the weights from a checkpoint (weights only)",
     )
     p.add_argument("--checkpoint-dir", default=None, help="overrides training.checkpoint_dir")
     p.add_argument("--epochs", type=int, default=None, help="overrides training.num_epochs")
-    p.add_argument("--summary", default=None, metavar="FILE", help="also write the run summary (best metrics) as JSON")
+    p.add_argument(
+        "--summary", default=None, metavar="FILE", help="also write the run summary (best metrics) as JSON"
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_params_arg(p)
@@ -71,7 +78,9 @@ class TrackerCallback:
         self.tracker = tracker
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
-        self.tracker.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", "phase")}, step=epoch)
+        self.tracker.log_metrics(
+            {k: v for k, v in metrics.items() if k not in ("epoch", "phase")}, step=epoch
+        )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -92,7 +101,11 @@ def main(args: argparse.Namespace) -> int:
         if main_process:
             check_tracking(cfg)
         trainer = UnifiedModelTrainer(
-            cfg, resume=args.resume, init_from=args.init_from, device=args.device, progress=not args.no_progress
+            cfg,
+            resume=args.resume,
+            init_from=args.init_from,
+            device=args.device,
+            progress=not args.no_progress,
         )
         run_name = f"{t.mode}-seed{t.seed}"
         if not main_process:
@@ -106,7 +119,9 @@ def main(args: argparse.Namespace) -> int:
             if history.is_file():
                 tracker.log_artifact(history)
             if best.is_file():
-                best_metrics = {k.removeprefix("best_"): v for k, v in summary.items() if k.startswith("best_val_")}
+                best_metrics = {
+                    k.removeprefix("best_"): v for k, v in summary.items() if k.startswith("best_val_")
+                }
                 summary["registered_version"] = tracker.register_checkpoint(best, best_metrics)
     except (TrainingError, CheckpointError, StoreError, TrackingError, FileNotFoundError) as exc:
         print(f"tempstop train: {exc}", file=sys.stderr)

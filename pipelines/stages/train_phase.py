@@ -147,8 +147,11 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("tempstop train-phase stop: --init (the tempme phase's folder) is required")
     stage = f"train_{args.phase}"
     print(f"{stage}: training.mode={t.mode} -> {action}" + (f" {mode} for {epochs} epoch(s)" if mode else ""))
+    source = str(init / "best_model.pth") if init is not None else None
+    # What this stage did, for people and tests: trained (from which weights), or copied.
     record = {"stage": stage, "mode": t.mode, "action": action, "train_mode": mode, "epochs": epochs,
-              "init_from": str(init / "best_model.pth") if init and action != "initial" else None}  # fmt: skip
+              "init_from": source if action == "train" else None,
+              "copied_from": source if action == "pass" else None}  # fmt: skip
 
     if action == "train":
         try:

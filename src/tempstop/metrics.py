@@ -28,7 +28,9 @@ def _check(sim: torch.Tensor, query_video: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"similarity must be [queries, videos], got shape {tuple(sim.shape)}")
     query_video = torch.as_tensor(query_video, dtype=torch.long, device=sim.device)
     if query_video.shape != (sim.shape[0],):
-        raise ValueError(f"query_video needs one entry per query ({sim.shape[0]}), got {tuple(query_video.shape)}")
+        raise ValueError(
+            f"query_video needs one entry per query ({sim.shape[0]}), got {tuple(query_video.shape)}"
+        )
     if sim.shape[0] and (query_video.min() < 0 or query_video.max() >= sim.shape[1]):
         raise ValueError("query_video holds a video index outside the similarity matrix")
     return query_video

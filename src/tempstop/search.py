@@ -85,7 +85,9 @@ def save_index(index: dict, out: str | Path) -> Path:
     if target != out:
         listing = [
             {"video_id": v, "key": k, "file": f, "segment": s or None}
-            for v, k, f, s in zip(index["video_ids"], index["keys"], index["files"], index["segments"], strict=True)
+            for v, k, f, s in zip(
+                index["video_ids"], index["keys"], index["files"], index["segments"], strict=True
+            )
         ]
         atomic_write_json(out / "videos.json", listing)
     return target
@@ -123,7 +125,9 @@ class VideoSearch:
         self.timings: dict[str, float] = {}
 
     @classmethod
-    def open(cls, index_path: str | Path, checkpoint: str | Path | None = None, device: str = "cpu") -> VideoSearch:
+    def open(
+        cls, index_path: str | Path, checkpoint: str | Path | None = None, device: str = "cpu"
+    ) -> VideoSearch:
         from tempstop.training.checkpoint import load_model
 
         t0 = time.perf_counter()

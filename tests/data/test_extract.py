@@ -10,9 +10,11 @@ from media import frame_id, indexed_frames, make_clip, make_split, write_annotat
 
 from pipelines.cli import main as cli
 from tempstop.config import ExtractConfig
-from tempstop.data.extract import ExtractError, ensure_store, extract_split
+from tempstop.data.annotations import VideoRecord
+from tempstop.data.extract import ExtractError, ensure_store, extract_split, plan_jobs
 from tempstop.data.mp4 import write_video
 from tempstop.data.store import FrameStore
+from tempstop.data.video import decode_dims, video_size
 
 
 def _extract(split, out, **cfg):
@@ -154,3 +156,64 @@ def test_extract_stage_cli(tmp_path, capsys):
     assert (len(FrameStore(out / "train")), len(FrameStore(out / "test"))) == (2, 1)
     assert FrameStore(out / "train").frames == 4
     assert set(json.loads((tmp_path / "s.json").read_text())) == {"train", "test"}
+
+
+def test_plan_rejects_duplicates_and_key_collisions():
+    records = [
+        VideoRecord("a", ["x", "y"], timestamps=[[0, 1], [1, 2]]),
+        VideoRecord("a__0", ["z"]),  # would overwrite segment 0 of "a"
+        VideoRecord("a", ["again"]),
+        VideoRecord("b c", ["odd id"]),
+    ]
+    jobs, rejects = plan_jobs(records, per_segment=True)
+    assert [j["video_id"] for j in jobs] == ["a", "b c"]
+    assert [r["reason"] for r in rejects] == [
+        "store key 'a__0' is taken by another video",
+        "duplicate video_id",
+    ]
+    assert jobs[1]["items"][0]["key"].startswith("b_c-")
+
+
+def _remux(src, dst, fmt):
+    """Copy an mp4's H.264 stream into another container without re-encoding."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format=fmt) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+
+
+def test_video_size_from_container_headers(tmp_path):
+    mp4 = make_clip(tmp_path / "a.mp4", n=4, height=48, width=80)
+    assert video_size(mp4) == (80, 48)
+    _remux(mp4, tmp_path / "a.mkv", "matroska")
+    assert video_size(tmp_path / "a.mkv") == (80, 48)  # through PyAV
+    (tmp_path / "junk.mp4").write_bytes(b"\x00\x00\x00\x08junk" * 10)
+    assert video_size(tmp_path / "junk.mp4") is None
+
+
+def test_width_decord_garbles_falls_back_to_full_size_decoding(tmp_path):
+    # 96x144 -> short side 48: decord 0.6.0 returns a broken layout at width 48, so the
+    # frames must come from the full-size decode + Pillow path, and still be right.
+    split = tmp_path / "train"
+    make_clip(split / "videos" / "tall.mp4", n=8, height=144, width=96)
+    write_annotations(split, [{"video_id": "tall", "captions": ["portrait"]}])
+    assert decode_dims(video_size(split / "videos" / "tall.mp4"), 48) == (48, 72)
+    _extract(split, tmp_path / "store", frames=4, size=48)
+    arr, mask = FrameStore(tmp_path / "store").load(0)
+    assert arr.shape == (4, 48, 48, 3) and mask.all()
+    assert [frame_id(f) for f in arr] == [1, 3, 5, 7]
+
+
+def test_mkv_input_is_extracted(tmp_path):
+    split = tmp_path / "train"
+    make_clip(tmp_path / "src.mp4", n=12, height=64, width=96)
+    (split / "videos").mkdir(parents=True)
+    _remux(tmp_path / "src.mp4", split / "videos" / "m.mkv", "matroska")
+    write_annotations(split, [{"video_id": "m", "video": "m.mkv", "captions": ["matroska"]}])
+    summary = _extract(split, tmp_path / "store", frames=4)
+    assert summary["done"] == 1
+    assert [frame_id(f) for f in FrameStore(tmp_path / "store").load(0)[0]] == [1, 4, 7, 10]

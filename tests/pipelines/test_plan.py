@@ -127,3 +127,16 @@ def test_recall_rows_fall_back_to_r_at_k_and_history_counts_on():
     )
     assert [r["k"] for r in rows] == [1, 5, 10]
     assert [r["epoch"] for r in history_rows([[{"epoch": 1}], [], [{"epoch": 1}, {"epoch": 2}]])] == [1, 2, 3]
+
+
+def test_train_stages_read_every_training_key_except_the_paths_they_set():
+    from tempstop.config import TrainingConfig
+
+    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    set_by_stage = {"checkpoint_dir", "train_data_path", "val_data_path", "frames_cache"}
+    for name in ("train_tempme", "train_stop"):
+        listed = {
+            p.removeprefix("training.") for p in doc["stages"][name]["params"] if p.startswith("training.")
+        }
+        assert listed == set(TrainingConfig.model_fields) - set_by_stage, name
+        assert "model" in doc["stages"][name]["params"]

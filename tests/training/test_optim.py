@@ -53,7 +53,9 @@ def test_param_groups_split_lr_and_decay():
     model = FakeModel()
     cfg = TrainingConfig(tempme_lr=1e-3, stop_lr=1e-4, backbone_lr=1e-5, weight_decay=0.2)
     groups = {g["name"]: g for g in build_param_groups(model, cfg)}
-    assert groups["tempme"]["lr"] == 1e-3 and groups["stop"]["lr"] == 1e-4 and groups["backbone"]["lr"] == 1e-5
+    assert (
+        groups["tempme"]["lr"] == 1e-3 and groups["stop"]["lr"] == 1e-4 and groups["backbone"]["lr"] == 1e-5
+    )
     assert groups["tempme"]["weight_decay"] == 0.2
     assert all(g["weight_decay"] == 0.0 for n, g in groups.items() if n.endswith("_no_decay"))
     no_decay = {id(p) for n, g in groups.items() if n.endswith("_no_decay") for p in g["params"]}

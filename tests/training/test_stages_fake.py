@@ -79,9 +79,14 @@ def test_evaluate_paragraph_level(trained, tmp_path):
 
 def test_evaluate_rejects_bad_inputs(trained, tmp_path, capsys):
     _, store, out = trained
-    assert cli(["evaluate", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(store), "--no-track"]) == 2
+    assert (
+        cli(["evaluate", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(store), "--no-track"]) == 2
+    )
     assert "checkpoint not found" in capsys.readouterr().err
-    assert cli(["evaluate", "--checkpoint", str(out / "best_model.pth"), "--data", str(tmp_path), "--no-track"]) == 2
+    assert (
+        cli(["evaluate", "--checkpoint", str(out / "best_model.pth"), "--data", str(tmp_path), "--no-track"])
+        == 2
+    )
     assert "dataset root" in capsys.readouterr().err
 
 
@@ -95,7 +100,23 @@ def test_index_and_search(trained, tmp_path, capsys):
     assert torch.allclose(index["embeddings"].float().norm(dim=1), torch.ones(16), atol=1e-2)
     assert json.loads((tmp_path / "idx" / "videos.json").read_text())[0]["video_id"] == "v000"
     capsys.readouterr()
-    assert cli(["search", "--index", str(tmp_path / "idx"), "red", "circle", "moves", "left", "--top-k", "3", "--json"]) == 0
+    assert (
+        cli(
+            [
+                "search",
+                "--index",
+                str(tmp_path / "idx"),
+                "red",
+                "circle",
+                "moves",
+                "left",
+                "--top-k",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
@@ -135,6 +156,11 @@ def test_train_unified_model_script_uses_the_guide_config(fake_model, tmp_path, 
                      "val_data_path": str(store)},
         "tracking": {"enabled": False},
     }))  # fmt: skip
-    assert train_unified_model.main(["--config", str(config), "--mode", "joint", "--seed", "42", "--no-progress"]) == 0
+    assert (
+        train_unified_model.main(
+            ["--config", str(config), "--mode", "joint", "--seed", "42", "--no-progress"]
+        )
+        == 0
+    )
     history = json.loads((tmp_path / "ck" / "history.json").read_text())
     assert [r["phase"] for r in history] == ["joint", "joint"]  # --mode overrides training_mode

@@ -46,11 +46,31 @@ def test_outputs_and_history(fake_model, store, tmp_path):
     out = tmp_path / "ck"
     summary = UnifiedModelTrainer(_cfg(store, out), progress=False).train()
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["best_model.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "config.json", "history.json", "logs"]
+    assert names == [
+        "best_model.pth",
+        "checkpoint_epoch_1.pth",
+        "checkpoint_epoch_2.pth",
+        "config.json",
+        "history.json",
+        "logs",
+    ]
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
-    for key in ("step", "phase", "train_loss", "tempme_loss", "stop_loss", "val_loss", "val_t2v_R1", "val_v2t_MnR",
-                "lr_tempme", "lr_stop", "lr_backbone", "grad_norm", "epoch_seconds"):
+    for key in (
+        "step",
+        "phase",
+        "train_loss",
+        "tempme_loss",
+        "stop_loss",
+        "val_loss",
+        "val_t2v_R1",
+        "val_v2t_MnR",
+        "lr_tempme",
+        "lr_stop",
+        "lr_backbone",
+        "grad_norm",
+        "epoch_seconds",
+    ):
         assert key in history[0], key
     assert summary["epochs"] == 2 and summary["steps"] == 8
     ckpt = load_checkpoint(out / "checkpoint_epoch_2.pth")  # weights_only=True inside
@@ -71,7 +91,9 @@ def test_checks_at_start(fake_model, store, tmp_path):
     with pytest.raises(TrainingError, match="dataset root"):
         UnifiedModelTrainer(_cfg(tmp_path / "root", tmp_path / "c"), progress=False).train()
     with pytest.raises(TrainingError, match="accumulation"):
-        UnifiedModelTrainer(_cfg(store, tmp_path / "d", gradient_accumulation_steps=9), progress=False).train()
+        UnifiedModelTrainer(
+            _cfg(store, tmp_path / "d", gradient_accumulation_steps=9), progress=False
+        ).train()
 
 
 def test_store_size_must_match_model(monkeypatch, store, tmp_path):
@@ -138,7 +160,9 @@ def test_sequential_freezes_the_other_group(fake_model, store, tmp_path):
     assert not torch.equal(states[3]["prompt.weight"], states[1]["prompt.weight"])  # and trains in phase 2
     for key in ("frame_proj.weight", "time_weight", "word.weight"):  # TempMe + backbone frozen in phase 2
         assert torch.equal(states[3][key], states[1][key])
-    assert not torch.equal(states[1]["frame_proj.weight"], states[0]["frame_proj.weight"])  # TempMe trains in phase 1
+    assert not torch.equal(
+        states[1]["frame_proj.weight"], states[0]["frame_proj.weight"]
+    )  # TempMe trains in phase 1
 
 
 def _stop_after(epoch):
@@ -186,7 +210,10 @@ def test_resume_rejects_weights_only_and_other_model(fake_model, store, tmp_path
 def test_init_from_loads_weights_only(fake_model, store, tmp_path):
     UnifiedModelTrainer(_cfg(store, tmp_path / "a", num_epochs=1), progress=False).train()
     src = load_checkpoint(tmp_path / "a" / "best_model.pth")["model"]
-    t = UnifiedModelTrainer(_cfg(store, tmp_path / "b", num_epochs=1, tempme_lr=0.0, stop_lr=0.0, backbone_lr=0.0),
-                            init_from=tmp_path / "a" / "best_model.pth", progress=False)
+    t = UnifiedModelTrainer(
+        _cfg(store, tmp_path / "b", num_epochs=1, tempme_lr=0.0, stop_lr=0.0, backbone_lr=0.0),
+        init_from=tmp_path / "a" / "best_model.pth",
+        progress=False,
+    )
     t.train()
     assert all(torch.equal(src[k], v) for k, v in t.model.state_dict().items())

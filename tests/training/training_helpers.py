@@ -39,14 +39,29 @@ def write_store(
         np.save(root / "store" / "arrays" / f"{key}.npy", frames_arr)
         caps = [" ".join(rng.choice(WORDS, 6)) for _ in range(captions)]
         items.append(
-            {"key": key, "video_id": key, "file": f"arrays/{key}.npy", "captions": caps, "num_valid": frames, "segment": None}
+            {
+                "key": key,
+                "video_id": key,
+                "file": f"arrays/{key}.npy",
+                "captions": caps,
+                "num_valid": frames,
+                "segment": None,
+            }
         )
         ann = {"video_id": key, "captions": caps}
         if quadruples:
             ann["quadruple"] = i // 4
         anns.append(ann)
     (split / "annotations.json").write_text(json.dumps(anns))
-    index = {"version": 1, "frames": frames, "size": size, "source": str(split), "datatype": "demo", "items": items, "failed": []}
+    index = {
+        "version": 1,
+        "frames": frames,
+        "size": size,
+        "source": str(split),
+        "datatype": "demo",
+        "items": items,
+        "failed": [],
+    }
     (root / "store" / "index.json").write_text(json.dumps(index))
     return root / "store"
 
@@ -110,7 +125,11 @@ class FakeModel(nn.Module):
 
     def set_training_mode(self, mode):
         groups = self.param_groups()
-        on = {"joint": ("tempme", "stop", "backbone"), "tempme_only": ("tempme", "backbone"), "stop_only": ("stop",)}[mode]
+        on = {
+            "joint": ("tempme", "stop", "backbone"),
+            "tempme_only": ("tempme", "backbone"),
+            "stop_only": ("stop",),
+        }[mode]
         for name, params in groups.items():
             for p in params:
                 p.requires_grad_(name in on)

@@ -59,14 +59,10 @@ def test_writes_are_atomic_and_leave_no_temporaries(tmp_path, monkeypatch):
     assert sorted(os.listdir(target.parent)) == ["a.npy"]
     assert (target.stat().st_mode & 0o777) == 0o644  # readable by the training job's user
 
-    real_write = store_module._write_all
-    calls = []
-
-    def disk_full(fd, data):  # the header lands, then the disk fills up mid-array
-        calls.append(1)
-        if len(calls) > 1:
-            raise OSError("disk full")
-        real_write(fd, data)
+    def disk_full(fd, header, data):  # the header lands, then the disk fills up mid-array
+        os.write(fd, header)
+        os.write(fd, bytes(data)[:10])
+        raise OSError("disk full")
 
     monkeypatch.setattr(store_module, "_write_all", disk_full)
     with pytest.raises(OSError, match="disk full"):

@@ -8,7 +8,9 @@ Clips come in quadruples over one object pair::
 
 Within a quadruple the objects keep their colour, size and track, and the background keeps its
 level, so the four clips hold the same *set* of frames: only their order tells them apart. A
-model that ignores time sees four identical bags of frames (about 25 % R@1 at best).
+model that ignores time sees four identical bags of frames (about 25 % R@1 at best). Each move
+is continuous in time and frame ``i`` shows it at time ``i / fps``, so this also holds for the
+frames a uniform sampler keeps (e.g. 8 of 32 at bin centres), not only for all frames.
 
 Meanings and splits. A caption's meaning is the ordered event tuple (c1, s1, m1, c2, s2, m2).
 With 18 objects (6 colours x 3 shapes) there are 18 * 17 * 16 = 4896 meanings, and each
@@ -41,7 +43,7 @@ from tempstop.utils import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 #: Bump when the rendering or the annotation layout changes: existing outputs are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DATASET_FILE = "dataset.json"
 SPLITS = ("train", "val", "test")
 
@@ -222,7 +224,7 @@ def _inside(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
 
 
 def _draw(frame: np.ndarray, shape: str, cx: float, cy: float, r: float, rgb: np.ndarray) -> None:
-    """Blend an anti-aliased shape into ``frame`` (float [H, W, 3]) in place."""
+    """Blend an anti-aliased shape into ``frame`` (uint8 [H, W, 3]) in place."""
     size = frame.shape[0]
     reach = 1.4 * r + 1
     x0, x1 = max(0, int(cx - reach)), min(size, int(cx + reach) + 2)
@@ -232,40 +234,53 @@ def _draw(frame: np.ndarray, shape: str, cx: float, cy: float, r: float, rgb: np
     # Pixel centres at +0.5; 9 sub-samples per pixel give a coverage in [0, 1].
     ys = np.arange(y0, y1)[:, None, None, None] + 0.5 + _SUB[None, None, :, None]
     xs = np.arange(x0, x1)[None, :, None, None] + 0.5 + _SUB[None, None, None, :]
-    cover = _inside(shape, xs - cx, ys - cy, r).mean(axis=(2, 3))[..., None]
+    cover = _inside(shape, xs - cx, ys - cy, r).mean(axis=(2, 3), dtype=np.float32)[..., None]
     patch = frame[y0:y1, x0:x1]
-    patch *= 1.0 - cover
-    patch += cover * rgb
+    patch[:] = np.rint(patch * (1.0 - cover) + cover * rgb)  # a convex mix: stays in 0..255
 
 
 def _track(motion: str, offset: float, steps: int, scale: float) -> list[tuple[float, float]]:
-    """Centres along a straight 22 px -> 74 px path (scaled) in the direction of ``motion``."""
+    """Centres of ``steps`` frames of a straight 22 px -> 74 px move (scaled) along ``motion``.
+
+    The move is continuous over the event's half clip and frame ``i`` shows it at its own
+    time ``i / steps`` (the end point belongs to the next event). This keeps the motion
+    symmetric in time: a sampler that takes frames at bin centres (8 of 32 frames, say) sees
+    the same positions forwards and reversed, so frame sets do not give away the direction.
+    """
     lo, hi = _PATH[0] * scale, _PATH[1] * scale
     start, end = (hi, lo) if motion in ("left", "up") else (lo, hi)
-    pos = np.linspace(start, end, steps)
+    pos = np.linspace(start, end, steps, endpoint=False)
     if motion in ("left", "right"):
         return [(float(p), offset) for p in pos]
     return [(offset, float(p)) for p in pos]
+
+
+def object_layout(item: dict, cfg: DemoConfig) -> list[tuple[str, tuple[int, ...], float, float, float]]:
+    """Per frame: ``(shape, rgb, centre x, centre y, radius)`` of the object shown."""
+    t = num_frames(cfg)
+    out = []
+    for (_, shape, motion), look, steps in zip(
+        item["events"], item["render"]["objects"], (t // 2, t - t // 2), strict=True
+    ):
+        rgb = tuple(look["rgb"])
+        for cx, cy in _track(motion, look["offset"], steps, _scale(cfg)):
+            out.append((shape, rgb, cx, cy, look["radius"]))
+    return out
 
 
 def render_clip(item: dict, cfg: DemoConfig) -> np.ndarray:
     """Frames ``uint8 [T, size, size, 3]`` of one planned clip (pure function of item and cfg)."""
     t, size, render = num_frames(cfg), cfg.size, item["render"]
     rng = np.random.default_rng(render["noise_seed"])
-    # Grey noise: a static pattern plus a little flicker (mild, and cheap to encode).
-    static = rng.normal(0.0, _STATIC_NOISE, (size, size, 1))
-    frames = np.empty((t, size, size, 3), np.float32)
-    frames[:] = render["background"] + static
-    frames += rng.normal(0.0, _FRAME_NOISE, (t, size, size, 1))
-    half = t // 2
-    for (_, shape, motion), look, span in zip(
-        item["events"], render["objects"], ((0, half), (half, t)), strict=True
-    ):
-        steps = span[1] - span[0]
-        rgb = np.asarray(look["rgb"], np.float32)
-        for i, (cx, cy) in enumerate(_track(motion, look["offset"], steps, _scale(cfg))):
-            _draw(frames[span[0] + i], shape, cx, cy, look["radius"], rgb)
-    return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+    # Grey noise: a static pattern plus a little flicker (mild, and cheap to encode). It is
+    # made in one channel and rounded before the RGB copy: rendering then costs less than
+    # encoding.
+    grey = rng.standard_normal((t, size, size), np.float32) * _FRAME_NOISE
+    grey += rng.standard_normal((size, size), np.float32) * _STATIC_NOISE + render["background"]
+    frames = np.repeat(np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    for i, (shape, rgb, cx, cy, radius) in enumerate(object_layout(item, cfg)):
+        _draw(frames[i], shape, cx, cy, radius, np.asarray(rgb, np.float32))
+    return frames
 
 
 def _write_clip(job: tuple[dict, dict, str]) -> str:

@@ -2,9 +2,11 @@
 
 Each video is decoded once, in a worker process with a timeout (decord can hang), into
 ``frames`` frames sampled uniformly in time (see :mod:`tempstop.data.video`), resized so the
-short side is ``size`` and centre-cropped, and saved as ``arrays/<key>.npy``. With
-``per_segment`` a video with timestamps gives one item per caption segment, all decoded in
-the same pass.
+short side is ``size`` and centre-cropped, and saved as ``arrays/<key>.npy``. The resize
+happens inside the decoder when the container header tells the frame size (FFmpeg scales
+while converting YUV to RGB, ~40 % cheaper than converting full HD frames), with Pillow as the
+fallback. With ``per_segment`` a video with timestamps gives one item per caption segment,
+all decoded in the same pass.
 
 Resuming: after each video the parent appends a line to ``<store>/journal.jsonl`` (the video,
 its file size and mtime, and ``num_valid`` of its items). A later run skips a video whose
@@ -19,13 +21,13 @@ import hashlib
 import json
 import logging
 import re
+import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tempstop.config import ExtractConfig
 from tempstop.data.annotations import VideoRecord, read_annotations, read_raw, record_from_json, split_paths
 from tempstop.data.store import (
     INDEX_FILE,
@@ -39,9 +41,14 @@ from tempstop.data.store import (
     write_index,
 )
 
+if TYPE_CHECKING:  # worker processes import this module: keep pydantic out of their start-up
+    from tempstop.config import ExtractConfig
+
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.jsonl"
+# Imported once by the worker pool's fork server rather than by every worker.
+_WORKER_PRELOAD = ("numpy", "decord", "PIL.Image", "tempstop.data.video")
 
 
 class ExtractError(RuntimeError):
@@ -63,13 +70,15 @@ def plan_jobs(records: list[VideoRecord], per_segment: bool) -> tuple[list[dict]
 
     A repeated video id is rejected (its keys would collide); the first occurrence is kept.
     """
-    jobs, rejects, seen = [], [], set()
+    jobs: list[dict] = []
+    rejects: list[dict] = []
+    ids: set[str] = set()
+    seen: set[str] = set()  # store keys in use
     for rec in records:
         key = make_key(rec.video_id)
-        if key in seen:
+        if rec.video_id in ids:
             rejects.append({"video_id": rec.video_id, "file": rec.video, "reason": "duplicate video_id"})
             continue
-        seen.add(key)
         if per_segment and rec.timestamps:
             items = [
                 {"key": f"{key}__{k}", "captions": [cap], "segment": [float(s), float(e)]}
@@ -77,6 +86,13 @@ def plan_jobs(records: list[VideoRecord], per_segment: bool) -> tuple[list[dict]
             ]
         else:
             items = [{"key": key, "captions": list(rec.captions), "segment": None}]
+        keys = {key} | {it["key"] for it in items}
+        if keys & seen:  # e.g. video "a__0" against segment 0 of video "a"
+            reason = f"store key {sorted(keys & seen)[0]!r} is taken by another video"
+            rejects.append({"video_id": rec.video_id, "file": rec.video, "reason": reason})
+            continue
+        seen |= keys
+        ids.add(rec.video_id)
         for item in items:
             item.update(video_id=rec.video_id, file=array_relpath(item["key"]))
         jobs.append({"video_id": rec.video_id, "video": rec.video, "items": items})
@@ -146,7 +162,15 @@ def _decode(reader: Any, wanted: list[int], dims: tuple[int, int] | None, path: 
 
 # ---- the journal ----------------------------------------------------------------------
 def _stamp(path: Path) -> list[int]:
-    st = path.stat()
+    """(size, mtime) of a video: a changed file is extracted again on resume."""
+    from tempstop.data.video import VideoError
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise VideoError(f"{path}: file not found")
     return [st.st_size, st.st_mtime_ns]
 
 
@@ -245,8 +269,6 @@ def extract_split(
     for job in jobs:
         try:
             path = safe_video_path(split_dir, job["video"])
-            if not path.is_file():
-                raise VideoError(f"{path}: file not found")
             stamp = _stamp(path)
         except (VideoError, OSError) as exc:
             failed.append({"video_id": job["video_id"], "file": job["video"], "reason": str(exc)})
@@ -255,17 +277,7 @@ def extract_split(
         if previous is not None:
             finished.update(previous)
             continue
-        todo.append(
-            dict(
-                job,
-                path=str(path),
-                stamp=stamp,
-                store=str(store),
-                frames=cfg.frames,
-                size=cfg.size,
-                threads=1,
-            )
-        )
+        todo.append(dict(job, path=str(path), stamp=stamp, store=str(store), **_settings(cfg), threads=1))
     skipped = len(records) - len(todo) - len(failed)
 
     n_workers = cfg.workers if workers is None else workers
@@ -273,20 +285,16 @@ def extract_split(
     t_work = time.perf_counter()
     with _Journal(store / JOURNAL_FILE, _settings(cfg)) as journal:
         results = map_with_timeout(
-            extract_video, todo, n_workers, cfg.timeout_s, f"extract {split_dir.name}", progress=progress
-        )
+            extract_video, todo, n_workers, cfg.timeout_s, f"extract {split_dir.name}",
+            progress=progress, preload=_WORKER_PRELOAD, unit="video",
+        )  # fmt: skip
         for job, result in results:
             if isinstance(result, Exception):
-                failed.append({"video_id": job["video_id"], "file": job["video"], "reason": str(result)})
+                reason = str(result).removeprefix("VideoError: ")
+                failed.append({"video_id": job["video_id"], "file": job["video"], "reason": reason})
                 continue
-            journal.add(
-                {
-                    "video_id": job["video_id"],
-                    "video": job["video"],
-                    "stamp": job["stamp"],
-                    "num_valid": result["num_valid"],
-                }
-            )
+            done = {k: job[k] for k in ("video_id", "video", "stamp")}
+            journal.add(dict(done, num_valid=result["num_valid"]))
             finished.update(result["num_valid"])
             n_done += 1
     work_s = time.perf_counter() - t_work

@@ -98,8 +98,12 @@ def parse_msrvtt(ann_dir: Path) -> dict[str, list[VideoRecord]]:
 
     train_path = ann_dir / "MSRVTT_train.9k.csv"
     train, no_caption = [], []
+    seen = set()
     for row in _load_csv(train_path, ("video_id",)):
         vid = row["video_id"].strip()
+        if vid in seen:
+            continue
+        seen.add(vid)
         if vid in by_video:
             train.append(VideoRecord(vid, by_video[vid]))
         else:
@@ -241,14 +245,25 @@ class VideoIndex:
             raise DatasetImportError(f"{self.root}: videos folder not found")
         rank = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}
         self.by_stem: dict[str, Path] = {}
-        for dirpath, _, names in os.walk(self.root, followlinks=True):
-            for name in names:
+        self.duplicates = 0
+        for dirpath, dirs, names in os.walk(self.root, followlinks=True):
+            dirs.sort()  # a stem found twice resolves the same way on every run
+            for name in sorted(names):
                 stem, ext = os.path.splitext(name)
                 if ext.lower() not in rank:
                     continue
                 old = self.by_stem.get(stem)
+                self.duplicates += old is not None
                 if old is None or rank[ext.lower()] < rank[old.suffix.lower()]:
                     self.by_stem[stem] = Path(dirpath) / name
+        if self.duplicates:
+            log.warning(
+                "%s: %d video stems occur more than once; using the first by extension "
+                "order %s, then folder order",
+                self.root,
+                self.duplicates,
+                VIDEO_EXTENSIONS,
+            )
 
     def __len__(self) -> int:
         return len(self.by_stem)
@@ -280,20 +295,30 @@ def _link(target: Path, link: Path) -> None:
     os.replace(tmp, link)
 
 
+def resolve_videos(
+    datatype: str, records: list[VideoRecord], index: VideoIndex
+) -> tuple[list[tuple[VideoRecord, Path]], list[str]]:
+    """Pair each record with its source file; returns ``(found, missing video ids)``."""
+    found, missing = [], []
+    for rec in records:
+        source = index.find(stem_candidates(datatype, rec.video_id))
+        if source is None:
+            missing.append(rec.video_id)
+        else:
+            found.append((rec, source))
+    return found, missing
+
+
 def link_split(
-    datatype: str, records: list[VideoRecord], index: VideoIndex, split_dir: Path, progress: bool = True
-) -> dict:
-    """Link the videos of one split, write its annotations.json; returns the split summary."""
+    found: list[tuple[VideoRecord, Path]], split_dir: Path, progress: bool = True
+) -> list[VideoRecord]:
+    """Symlink the videos of one split and write its annotations.json; returns the records."""
     from tqdm import tqdm
 
     videos_dir = split_dir / VIDEOS_DIR
     videos_dir.mkdir(parents=True, exist_ok=True)
-    kept, missing = [], []
-    for rec in tqdm(records, desc=f"link {split_dir.name}", unit="video", disable=not progress):
-        source = index.find(stem_candidates(datatype, rec.video_id))
-        if source is None:
-            missing.append(rec.video_id)
-            continue
+    kept = []
+    for rec, source in tqdm(found, desc=f"link {split_dir.name}", unit="video", disable=not progress):
         rec.video = _safe_name(rec.video_id) + source.suffix.lower()
         _link(source, videos_dir / rec.video)
         kept.append(rec)
@@ -302,17 +327,7 @@ def link_split(
         if path.is_symlink() and path.name not in names:
             path.unlink()
     write_annotations(split_dir / ANNOTATIONS_FILE, kept)
-    if missing:
-        log.warning(
-            "%s: %d of %d videos not found under %s, skipped (e.g. %s)",
-            split_dir.name, len(missing), len(records), index.root, missing[:_EXAMPLES],
-        )  # fmt: skip
-    return {
-        "videos": len(kept),
-        "captions": sum(len(r.captions) for r in kept),
-        "missing": len(missing),
-        "missing_examples": missing[:_EXAMPLES],
-    }
+    return kept
 
 
 def import_dataset(
@@ -333,15 +348,27 @@ def import_dataset(
     splits = PARSERS[datatype](ann_dir)
     index = VideoIndex(vid_dir)
     log.info("%s: %d video files under %s", datatype, len(index), vid_dir)
-    summary = {
-        split: link_split(datatype, recs, index, out / split, progress) for split, recs in splits.items()
-    }
-    if not any(s["videos"] for s in summary.values()):
+    resolved = {split: resolve_videos(datatype, recs, index) for split, recs in splits.items()}
+    if not any(found for found, _ in resolved.values()):  # checked before anything is written
+        examples = next(missing[:_EXAMPLES] for _, missing in resolved.values() if missing)
         raise DatasetImportError(
             f"{vid_dir}: none of the annotated videos was found (looked for stems such as "
-            f"{next((s['missing_examples'] for s in summary.values() if s['missing_examples']), [])} "
-            f"with extensions {', '.join(VIDEO_EXTENSIONS)})"
+            f"{examples} with extensions {', '.join(VIDEO_EXTENSIONS)})"
         )
+    summary = {}
+    for split, (found, missing) in resolved.items():
+        kept = link_split(found, out / split, progress)
+        if missing:
+            log.warning(
+                "%s: %d of %d videos not found under %s, skipped (e.g. %s)",
+                split, len(missing), len(splits[split]), vid_dir, missing[:_EXAMPLES],
+            )  # fmt: skip
+        summary[split] = {
+            "videos": len(kept),
+            "captions": sum(len(r.captions) for r in kept),
+            "missing": len(missing),
+            "missing_examples": missing[:_EXAMPLES],
+        }
     result = {"datatype": datatype, "splits": summary}
     atomic_write_json(
         out / DATASET_FILE,

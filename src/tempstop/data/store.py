@@ -65,8 +65,7 @@ def save_array(path: str | Path, frames: np.ndarray) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         try:
-            _write_all(fd, header.getvalue())
-            _write_all(fd, memoryview(frames).cast("B"))
+            _write_all(fd, header.getvalue(), memoryview(frames).cast("B"))
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -75,10 +74,17 @@ def save_array(path: str | Path, frames: np.ndarray) -> None:
         raise
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _write_all(fd: int, *chunks: bytes | memoryview) -> None:
+    """Write every chunk, in one system call when the kernel takes it all (the usual case)."""
+    views = [memoryview(c).cast("B") for c in chunks]
+    written = os.writev(fd, views)
+    for view in views:
+        if written >= len(view):
+            written -= len(view)
+            continue
+        view, written = view[written:], 0  # a partial write (rare): finish with plain writes
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def remove_stale_temporaries(store_dir: str | Path) -> int:

@@ -228,9 +228,18 @@ def _probe_videos(result, rows, ids, raw, videos_dir, cfg, probe_fn, progress, a
     t0 = time.perf_counter()
     probed: list[dict] = []
     desc = f"probe {result.split}"
-    for path, out in map_with_timeout(
-        probe_fn, list(by_path), cfg.workers, cfg.timeout_s, desc, progress=progress
-    ):
+    preload = ("numpy", "decord", "tempstop.data.video")  # imported once, by the fork server
+    probes = map_with_timeout(
+        probe_fn,
+        list(by_path),
+        cfg.workers,
+        cfg.timeout_s,
+        desc,
+        progress=progress,
+        preload=preload,
+        unit="video",
+    )
+    for path, out in probes:
         if isinstance(out, Exception):
             reason = _probe_reason(out, path, cfg)
             for row in by_path[path]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -55,11 +56,13 @@ def create_clip(
 
     register_model_configs()
     if name not in open_clip.list_models():
-        raise ValueError(f"model.backbone: unknown open_clip model {name!r} (e.g. ViT-B-32, ViT-B-16, tempstop-tiny)")
+        raise ValueError(
+            f"model.backbone: unknown open_clip model {name!r} (e.g. ViT-B-32, ViT-B-16, tempstop-tiny)"
+        )
     path = resolve_pretrained(name, pretrained)
     if quick_gelu is None:
         quick_gelu = pretrained == "openai" or (path is not None and is_torchscript(path))
-    with _quiet_open_clip():
+    with quiet_open_clip():
         model = open_clip.create_model(
             name,
             pretrained=None,
@@ -82,7 +85,9 @@ def resolve_pretrained(name: str, pretrained: str | None) -> str | None:
     expanded = os.path.expanduser(pretrained)
     if os.path.isfile(expanded):
         return expanded
-    looks_like_path = os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(_CHECKPOINT_SUFFIXES)
+    looks_like_path = (
+        os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(_CHECKPOINT_SUFFIXES)
+    )
     if looks_like_path:
         raise FileNotFoundError(f"model.pretrained: checkpoint file not found: {pretrained}")
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
@@ -120,7 +125,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = load_file(path, device="cpu")
     elif is_torchscript(path):
         # OpenAI's format is a TorchScript module; its state dict has open_clip's key names.
-        state = torch.jit.load(path, map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # torch.jit.load is deprecated; OpenAI's format is not going away
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(path, map_location="cpu").state_dict()
         for key in _OPENAI_EXTRA_KEYS:
             state.pop(key, None)
     else:
@@ -148,6 +155,9 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> None:
     from open_clip.model import resize_pos_embed
 
     state = convert_state_dict(model, read_state_dict(path))
+    # Scripted (OpenAI-format) files also store buffers the model rebuilds itself (attn_mask).
+    rebuilt = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+    state = {k: v for k, v in state.items() if k not in rebuilt}
     pos = state.get("positional_embedding")
     if pos is not None and pos.shape[0] > model.positional_embedding.shape[0]:
         state["positional_embedding"] = pos[: model.positional_embedding.shape[0]]
@@ -160,15 +170,17 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> None:
         raise ValueError(f"{path}: weights do not fit this backbone: {exc}") from None
 
 
-class _DropRandomInitWarning(logging.Filter):
+class _OpenClipChatter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "initialized randomly" not in record.getMessage()
+        from_open_clip = "open_clip" in record.pathname
+        return not (from_open_clip and (record.levelno <= logging.INFO or "initialized randomly" in record.getMessage()))
 
 
 @contextlib.contextmanager
-def _quiet_open_clip():
-    """open_clip warns on the root logger that the model is random before we load weights."""
-    flt = _DropRandomInitWarning()
+def quiet_open_clip():
+    """open_clip logs its progress on the root logger, and warns that the model is random
+    before we load the weights; keep that out of our logs (its real warnings pass)."""
+    flt = _OpenClipChatter()
     root = logging.getLogger()
     root.addFilter(flt)
     try:

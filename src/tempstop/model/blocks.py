@@ -128,7 +128,9 @@ def attention_half(
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal and bias is None)
     if prompts is not None:
         p_bias = None if prompts.bias is None else prompts.bias.to(q.dtype)
-        extra = F.scaled_dot_product_attention(q, prompts.k.to(q.dtype), prompts.v.to(q.dtype), attn_mask=p_bias)
+        extra = F.scaled_dot_product_attention(
+            q, prompts.k.to(q.dtype), prompts.v.to(q.dtype), attn_mask=p_bias
+        )
         gate = prompts.gate.to(q.dtype).view(1, heads, 1, 1)
         if prompts.any_active is not None:
             gate = gate * prompts.any_active.to(q.dtype).view(g, 1, 1, 1)

@@ -139,7 +139,9 @@ class StopLayer(nn.Module):
         if self.cfg.max_temporal_prompts == 0:
             return out, None, None
         region = torch.zeros_like(cls_attn).scatter(1, sel, gate.to(cls_attn.dtype))  # [BT, Np], 1 on r_t
-        z = z.scatter(1, sel[..., None].expand(-1, -1, z.shape[-1]), self.down(self.norm(patches.gather(1, sel_d))))
+        z = z.scatter(
+            1, sel[..., None].expand(-1, -1, z.shape[-1]), self.down(self.norm(patches.gather(1, sel_d)))
+        )
         code, active = self._temporal(patches, z, region, grid)
         return out, code, active
 
@@ -198,7 +200,14 @@ class STOP(nn.Module):
     gated)."""
 
     def __init__(
-        self, cfg: StopConfig, n_layers: int, width: int, heads: int, text_width: int, text_heads: int, text_depth: int
+        self,
+        cfg: StopConfig,
+        n_layers: int,
+        width: int,
+        heads: int,
+        text_width: int,
+        text_heads: int,
+        text_depth: int,
     ):
         super().__init__()
         self.cfg = cfg
@@ -212,4 +221,3 @@ class STOP(nn.Module):
     @property
     def num_text_layers(self) -> int:
         return 0 if self.text_prompts is None else self.text_prompts.shape[0]
-

@@ -42,20 +42,24 @@ def resolve_layers(depth: int, cfg: TempMeConfig) -> tuple[list[int], list[int]]
     clip_layers = list(cfg.clipme_layers) if cfg.clipme_layers is not None else []
     if cfg.clipme_layers is None and n_clip:
         clip_layers = list(range(depth - 1 - n_clip, depth - 1))
-    first_clip = clip_layers[0] if clip_layers else depth
-    img_layers = list(cfg.imgme_layers) if cfg.imgme_layers is not None else list(range(first_clip))
-    for key, layers in (("imgme_layers", img_layers), ("clipme_layers", clip_layers)):
-        bad = [i for i in layers if not 0 <= i < depth]
-        if bad:
-            raise ValueError(f"model.tempme.{key}: layers {bad} do not exist in a {depth}-layer backbone")
+    _check_exist("clipme_layers", clip_layers, depth)
     if clip_layers != sorted(set(clip_layers)):
         raise ValueError(f"model.tempme.clipme_layers must be strictly increasing, got {clip_layers}")
+    first_clip = clip_layers[0] if clip_layers else depth
+    img_layers = list(cfg.imgme_layers) if cfg.imgme_layers is not None else list(range(first_clip))
+    _check_exist("imgme_layers", img_layers, depth)
     if any(i >= first_clip for i in img_layers):
         raise ValueError(
             f"model.tempme.imgme_layers {img_layers}: ImgMe works on single frames, so it must "
             f"come before the first ClipMe layer ({first_clip})"
         )
     return img_layers, clip_layers
+
+
+def _check_exist(key: str, layers: list[int], depth: int) -> None:
+    bad = [i for i in layers if not 0 <= i < depth]
+    if bad:
+        raise ValueError(f"model.tempme.{key}: layers {bad} do not exist in a {depth}-layer backbone")
 
 
 def build_schedule(depth: int, cfg: TempMeConfig | None) -> list[LayerPlan]:
@@ -90,7 +94,9 @@ class TempMe(nn.Module):
     layer schedule (plain data, not parameters).
     """
 
-    def __init__(self, cfg: TempMeConfig, visual_width: int, visual_depth: int, text_width: int, text_depth: int):
+    def __init__(
+        self, cfg: TempMeConfig, visual_width: int, visual_depth: int, text_width: int, text_depth: int
+    ):
         super().__init__()
         self.schedule = build_schedule(visual_depth, cfg)
         rank, alpha = cfg.lora_rank, cfg.lora_alpha

@@ -28,7 +28,7 @@ from torch import nn
 
 from tempstop.config import ModelConfig, UnifiedModelConfig, load_config
 from tempstop.losses import symmetric_infonce
-from tempstop.model.backbone import create_clip
+from tempstop.model.backbone import create_clip, quiet_open_clip
 from tempstop.model.stop import STOP
 from tempstop.model.tempme import TempMe, first_clip_layer
 from tempstop.model.text import encode_tokens
@@ -58,11 +58,17 @@ class UnifiedTempMeSTOPModel(nn.Module):
         text_heads = text.resblocks[0].attn.num_heads
         self.embed_dim = int(visual.output_dim)
         use_tempme = cfg.variant in ("unified", "tempme") and cfg.tempme.enabled
-        self.tempme = TempMe(cfg.tempme, width, depth, text.width, len(text.resblocks)) if use_tempme else None
+        self.tempme = (
+            TempMe(cfg.tempme, width, depth, text.width, len(text.resblocks)) if use_tempme else None
+        )
         n_stop = 0
         if cfg.variant in ("unified", "stop") and cfg.stop.enabled:
             n_stop = _stop_layers(cfg, self.tempme, depth)
-        self.stop = STOP(cfg.stop, n_stop, width, heads, text.width, text_heads, len(text.resblocks)) if n_stop else None
+        self.stop = (
+            STOP(cfg.stop, n_stop, width, heads, text.width, text_heads, len(text.resblocks))
+            if n_stop
+            else None
+        )
         self.loss_weights = {"tempme": float(tempme_loss_weight), "stop": float(stop_loss_weight)}
         self._tokenizer = None
         self.training_mode = "joint"
@@ -84,12 +90,15 @@ class UnifiedTempMeSTOPModel(nn.Module):
         import open_clip
 
         if self._tokenizer is None:
-            self._tokenizer = open_clip.get_tokenizer(self.cfg.backbone, context_length=self.context_length)
+            with quiet_open_clip():
+                self._tokenizer = open_clip.get_tokenizer(self.cfg.backbone, context_length=self.context_length)
         length = min(max_words or self.context_length, self.context_length)
         ids = self._tokenizer(list(texts), context_length=length)
         return ids, (ids != 0).long()
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Sentence embeddings ``[B, E]``, L2-normalised (EOT token features)."""
         if attention_mask is not None:
             # Causal attention: trailing padding cannot change the EOT token, so drop it.
@@ -239,5 +248,7 @@ def create_unified_model(
         }
         cfg = cfg.model
     if not isinstance(cfg, ModelConfig):
-        raise TypeError(f"expected ModelConfig, UnifiedModelConfig or a config path, got {type(cfg).__name__}")
+        raise TypeError(
+            f"expected ModelConfig, UnifiedModelConfig or a config path, got {type(cfg).__name__}"
+        )
     return UnifiedTempMeSTOPModel(cfg, **weights)

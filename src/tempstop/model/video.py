@@ -93,9 +93,10 @@ def encode_frames(
 ) -> VideoFeatures:
     """Run the vision tower over ``video`` ``[B, T, 3, H, W]`` with ``video_mask`` ``[B, T]``.
 
-    With ``record``, ``tokens`` lists per layer ``{"layer", "sequences", "input", "after_cross",
-    "output"}``: sequences per video and tokens per sequence at the layer's input, after the
-    cross-clip merge and after the layer (STOP prompts are extra keys, not counted).
+    With ``record``, ``tokens`` lists per layer ``{"layer", "sequences", "input", "concat",
+    "after_cross", "output"}``: sequences per video after the layer, and tokens per sequence
+    at the layer's input, after ClipMe's concatenation, after its cross-clip merge and after
+    the layer (STOP's prompt tokens are extra keys, not counted).
     """
     b, t = video.shape[:2]
     blocks = visual.transformer.resblocks
@@ -111,14 +112,14 @@ def encode_frames(
     x = embed_frames(visual, video.flatten(0, 1))  # [BT, 1 + gh*gw, D]
     w = _Walker(x, valid, tuple(visual.grid_size), track_grid=n_stop > 0)
     stop_cls, tokens = None, []
-    for i, (block, plan) in enumerate(zip(blocks, schedule)):
+    for i, (block, plan) in enumerate(zip(blocks, schedule, strict=True)):
         lora = loras[i] if loras is not None else None
         if plan.clip_phase and not w.clip_phase:
             stop_cls = w.x[:, 0].reshape(b, t, -1)
             w.enter_clip_phase()
-        n_in = w.x.shape[1]
+        n_in = n_concat = w.x.shape[1]
         if plan.clipme_k:
-            _cross_clip(w, plan, tempme)
+            n_concat = _cross_clip(w, plan, tempme)
         n_cross = w.x.shape[1]
         prompts = None
         if 1 <= i <= n_stop:
@@ -136,13 +137,23 @@ def encode_frames(
         w.x = mlp_half(block, w.x)
         if record:
             seqs = w.x.shape[0] // b
-            tokens.append({"layer": i, "sequences": seqs, "input": n_in, "after_cross": n_cross, "output": w.x.shape[1]})
+            tokens.append(
+                {
+                    "layer": i,
+                    "sequences": seqs,
+                    "input": n_in,
+                    "concat": n_concat,
+                    "after_cross": n_cross,
+                    "output": w.x.shape[1],
+                }
+            )
     return VideoFeatures(_final_cls(w, b, t), stop_cls, tokens)
 
 
-def _cross_clip(w: _Walker, plan: LayerPlan, tempme: TempMe) -> None:
+def _cross_clip(w: _Walker, plan: LayerPlan, tempme: TempMe) -> int:
     """ClipMe before attention: concatenate ``k`` clips, add the clip positional embedding,
-    merge across clips down to ``cross_keep`` (similarity on features)."""
+    merge across clips down to ``cross_keep`` (similarity on features). Returns the token
+    count after concatenation."""
     k = plan.clipme_k
     g, n, d = w.x.shape
     x = w.x.view(w.b, g // w.b, n, d)
@@ -154,6 +165,7 @@ def _cross_clip(w: _Walker, plan: LayerPlan, tempme: TempMe) -> None:
     r = min(r, total - w.n_cls - 1)  # always keep one non-CLS token
     split = clip_split(k, n - w.n_cls // k, x.device) if k > 1 else None
     w.x, w.size, _ = merge_protected(x, size, w.n_cls, max(r, 0), x, split=split, masked=True)
+    return total
 
 
 def _merge_after_attention(w: _Walker, plan: LayerPlan, keys: torch.Tensor, track: bool) -> None:

@@ -34,7 +34,11 @@ def capture_rng() -> dict[str, Any]:
     py_version, py_state, py_gauss = random.getstate()
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     return {
-        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "python": {
+            "version": py_version,
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss": py_gauss,
+        },
         "numpy": {
             "kind": np_kind,
             "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
@@ -106,6 +110,7 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
     if missing or unexpected or mismatched:
+
         def head(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
@@ -146,4 +151,6 @@ def check_same_model(ckpt: dict[str, Any], cfg, source: str) -> None:
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:
         details = ", ".join(f"model.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:5])
-        raise CheckpointError(f"{source}: trained with another model config ({details}); resume with the same config")
+        raise CheckpointError(
+            f"{source}: trained with another model config ({details}); resume with the same config"
+        )

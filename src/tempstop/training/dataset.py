@@ -123,7 +123,9 @@ def group_ids(store) -> list | None:
         if ann.is_file():
             try:
                 raw = json.loads(ann.read_text(encoding="utf-8"))
-                by_id = {r["video_id"]: r["quadruple"] for r in raw if isinstance(r, dict) and "quadruple" in r}
+                by_id = {
+                    r["video_id"]: r["quadruple"] for r in raw if isinstance(r, dict) and "quadruple" in r
+                }
             except (OSError, ValueError, KeyError, TypeError):
                 by_id = {}
             if by_id and all(it["video_id"] in by_id for it in items):

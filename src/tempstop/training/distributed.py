@@ -104,7 +104,7 @@ def gather_shards(local: torch.Tensor, n: int, info: DistInfo) -> torch.Tensor:
     out = torch.empty((n, *local.shape[1:]), dtype=local.dtype, device=local.device)
     for r, part in enumerate(parts):
         count = len(range(r, n, info.world_size))
-        out[r::info.world_size] = part[:count]
+        out[r :: info.world_size] = part[:count]
     return out
 
 

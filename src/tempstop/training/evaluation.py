@@ -51,7 +51,9 @@ def embed_videos(
     """L2-normalised embeddings of every store item: float32 ``[N, D]`` on CPU."""
     info = info or DistInfo(device=device)
     mine = shard_indices(len(store), info)
-    loader = DataLoader(VideoDataset(store, mine), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    loader = DataLoader(
+        VideoDataset(store, mine), batch_size=batch_size, num_workers=num_workers, collate_fn=collate
+    )
     parts = []
     for batch in tqdm(loader, desc="embed videos", disable=not progress, leave=False):
         video = frames_to_tensor(batch["frames"].to(device, non_blocking=True))  # [B, T, 3, S, S]
@@ -88,9 +90,9 @@ def embed_texts(
 
 
 def _empty(model, device: torch.device, n: int) -> torch.Tensor:
-    # A rank with nothing to embed still has to join the gather with the right width.
-    dim = int(getattr(model, "embed_dim", 0) or model.logit_scale.new_zeros(0).numel())
-    return torch.zeros((n, dim), device=device)
+    # A rank with nothing to embed (fewer items than ranks) still joins the gather, with the
+    # model's embedding width.
+    return torch.zeros((n, int(model.embed_dim)), device=device)
 
 
 def evaluate_store(
@@ -123,7 +125,14 @@ def evaluate_store(
     try:
         videos = embed_videos(model, store, device, batch_size, info, amp_dtype, num_workers, progress)
         queries = embed_texts(
-            model, texts, device, batch_size, PARAGRAPH_MAX_WORDS if paragraph else None, info, amp_dtype, progress
+            model,
+            texts,
+            device,
+            batch_size,
+            PARAGRAPH_MAX_WORDS if paragraph else None,
+            info,
+            amp_dtype,
+            progress,
         )
     finally:
         model.train(was_training)

@@ -63,7 +63,14 @@ class BertAdam(torch.optim.Optimizer):
             raise ValueError(f"BertAdam: invalid betas ({b1}, {b2})")
         if e < 0:
             raise ValueError(f"BertAdam: invalid epsilon {e}")
-        defaults = {"lr": lr, "b1": b1, "b2": b2, "e": e, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm}
+        defaults = {
+            "lr": lr,
+            "b1": b1,
+            "b2": b2,
+            "e": e,
+            "weight_decay": weight_decay,
+            "max_grad_norm": max_grad_norm,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -118,7 +125,9 @@ def build_param_groups(model: nn.Module, cfg) -> list[dict]:
     seen = sum(len(g["params"]) for g in out)
     total = sum(1 for _ in model.parameters())
     if seen != total:
-        raise ValueError(f"model.param_groups() covers {seen} of {total} parameters; every parameter needs a group")
+        raise ValueError(
+            f"model.param_groups() covers {seen} of {total} parameters; every parameter needs a group"
+        )
     return out
 
 
@@ -130,7 +139,9 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     groups = build_param_groups(model, cfg)
     if cfg.optimizer == "BertAdam":
         return BertAdam(groups, lr=cfg.tempme_lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.tempme_lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(
+        groups, lr=cfg.tempme_lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=cfg.weight_decay
+    )
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:

@@ -34,7 +34,11 @@ def open_store(key: str, path: str | Path, cfg, info: DistInfo):
         raise TrainingError(f"{key}: {path} does not exist")
     if not is_store(path) and not (path / "annotations.json").is_file():
         hint = ""
-        splits = [p.name for p in sorted(path.iterdir()) if (p / "annotations.json").is_file()] if path.is_dir() else []
+        splits = (
+            [p.name for p in sorted(path.iterdir()) if (p / "annotations.json").is_file()]
+            if path.is_dir()
+            else []
+        )
         if splits:
             hint = f" (it looks like a dataset root: use one of its splits, e.g. {path / splits[0]})"
         raise TrainingError(f"{key}: {path} is neither a frame store (index.json) nor a split folder{hint}")
@@ -57,6 +61,8 @@ def model_input(model) -> tuple[int | None, int | None]:
     """``(frames, image size)`` the model expects, where it says (``None`` = any)."""
     frames = getattr(model, "num_frames", None)
     size = getattr(model, "image_size", None)
+    if size is None:  # open_clip's vision tower knows its input size
+        size = getattr(getattr(getattr(model, "clip", None), "visual", None), "image_size", None)
     if isinstance(size, (tuple, list)):
         size = size[0]
     return frames, size
@@ -113,11 +119,9 @@ class LossForward(nn.Module):
     """``forward()`` = the model's training loss, so that DDP can wrap it.
 
     DDP hooks into ``forward``; the model's loss lives in ``compute_training_loss``. This
-    wrapper adds ``loss_for_backward``: the total loss times ``grad_scale``. The model's
-    contrastive loss gathers features from every rank and each rank's loss covers the
-    global batch, while DDP *averages* gradients over ranks; ``grad_scale`` (see
-    :func:`ddp_grad_scale`) makes the averaged gradient equal to the single-process gradient
-    of the same global batch. tests/training/test_ddp.py proves the equality.
+    wrapper adds ``loss_for_backward``: the total loss times ``grad_scale`` (see
+    :func:`ddp_grad_scale`), which makes DDP's averaged gradient equal to the single-process
+    gradient of the same global batch; tests/training/test_trainer_real.py proves it.
     """
 
     def __init__(self, model: nn.Module, grad_scale: float = 1.0) -> None:
@@ -132,15 +136,20 @@ class LossForward(nn.Module):
 
 
 def ddp_grad_scale(world_size: int) -> float:
-    """Factor on each rank's loss so DDP's averaged gradient equals the global-batch gradient.
+    """Factor on each rank's loss so that DDP's averaged gradient is the global-batch gradient.
 
-    ``tempstop.losses`` gathers features with a gather whose backward returns to each rank
-    only the gradient of its own features (no cross-rank gradient). The rank's loss is the
-    InfoNCE of the global batch, so its local gradient is the global gradient's share from
-    local samples; summing the shares over ranks gives the full gradient, and DDP's average
-    divides that sum by the world size: multiplying by ``world_size`` undoes it.
+    ``tempstop.losses`` gathers features *with* gradient and each rank's loss is the mean over
+    its own rows of the global-batch InfoNCE, ``L_r``. Then ``sum_r L_r = world_size * L``
+    (``L`` the single-process loss of the global batch); the gather's backward sends every
+    rank's share of the gradient back to the rank that owns the features, so the gradients
+    summed over ranks are ``world_size * dL/dtheta``, for ``logit_scale`` as for every other
+    parameter, and DDP's average divides by ``world_size``: the factor is 1.
+
+    (With a gather *without* gradient a single factor cannot be right: the features would need
+    ``world_size`` and ``logit_scale`` 1. The DDP test would catch a change to that.)
     """
-    return float(world_size)
+    del world_size
+    return 1.0
 
 
 class Runner:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from tempstop.config import UnifiedModelConfig
 from tempstop.data.transforms import frames_to_tensor
 from tempstop.training import checkpoint as ckpt_io
+from tempstop.training import outputs
 from tempstop.training.dataset import ClipCaptionDataset, collate, group_ids
 from tempstop.training.distributed import DistInfo, all_reduce_sum, any_true, init_distributed
 from tempstop.training.evaluation import autocast, evaluate_store
@@ -38,7 +40,7 @@ from tempstop.training.setup import (
     resolve_amp,
     wrap_ddp,
 )
-from tempstop.utils import atomic_write_json, seed_everything
+from tempstop.utils import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,9 @@ class UnifiedModelTrainer:
         resume = ckpt_io.load_checkpoint(self.resume_path) if self.resume_path else None
         if resume is not None:
             if "optimizer" not in resume:
-                raise TrainingError(f"{self.resume_path}: holds weights only (no optimiser state); use --init-from")
+                raise TrainingError(
+                    f"{self.resume_path}: holds weights only (no optimiser state); use --init-from"
+                )
             ckpt_io.check_same_model(resume, self.cfg, str(self.resume_path))
         seed_everything(t.seed)
         self.model = create_unified_model(self.cfg).to(self.device)
@@ -155,9 +159,29 @@ class UnifiedModelTrainer:
         self._resume_state = resume
         if resume is not None:
             self._load_resume(resume)
+        self._preflight()
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.cfg.to_json(self.out_dir / "config.json")
+
+    @torch.no_grad()
+    def _preflight(self) -> None:
+        """Embed one validation video and caption now: a mistake in the evaluation path
+        should show in seconds, not after the first epoch."""
+        item = self.val_store.items[0]
+        if not item["captions"]:
+            raise TrainingError(
+                f"training.val_data_path: {self.val_store.path}: video {item['video_id']} has no caption"
+            )
+        frames, mask = self.val_store.load(0)
+        video = frames_to_tensor(torch.from_numpy(frames)[None].to(self.device))  # [1, T, 3, S, S]
+        was_training = self.model.training
+        self.model.eval()
+        with autocast(self.device, self.amp_dtype):
+            self.model.encode_video(video, torch.from_numpy(mask)[None].to(self.device))
+            ids, attn = self.model.tokenize(item["captions"][:1])
+            self.model.encode_text(ids.to(self.device), attn.to(self.device))
+        self.model.train(was_training)
 
     def _load_resume(self, ckpt: dict) -> None:
         ckpt_io.load_model_weights(self.model, ckpt["model"], str(self.resume_path))
@@ -167,13 +191,20 @@ class UnifiedModelTrainer:
         self.history = [row for row in ckpt.get("history", []) if row["epoch"] <= self.epoch]
         self.sampler.load_state_dict(ckpt["sampler"])
         log.info("resuming from %s after epoch %d (step %d)", self.resume_path, self.epoch, self.step)
+        if self.epoch >= self.tcfg.num_epochs:
+            log.warning(
+                "%s is already at epoch %d of %d: nothing to train",
+                self.resume_path,
+                self.epoch,
+                self.tcfg.num_epochs,
+            )
 
     # ------------------------------------------------------------------ training
     def train(self) -> dict:
         """Train for ``training.num_epochs`` epochs; returns a summary of the run."""
         t0 = time.perf_counter()
         self._setup()
-        writer = self._tensorboard()
+        writer = outputs.tensorboard(self.out_dir, self.step) if self.info.is_main else None
         try:
             for phase in self.phases:
                 if phase.end > self.epoch:
@@ -181,7 +212,10 @@ class UnifiedModelTrainer:
         finally:
             if writer is not None:
                 writer.close()
-        summary = self._summary(time.perf_counter() - t0)
+        summary = outputs.run_summary(
+            self.out_dir, self.history, self.epoch, self.step, self.best_epoch, self.best_metric
+        )
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
         if self.info.is_main:
             for cb in self.callbacks:
                 if hasattr(cb, "on_train_end"):
@@ -222,8 +256,8 @@ class UnifiedModelTrainer:
             self.best_metric, self.best_epoch = val["val_t2v_R1"], self.epoch
         if self.info.is_main:
             self._save(phase, row, improved)
-            self._log_epoch(writer, row)
-            log.info(_summary_line(row, self.tcfg.num_epochs, improved))
+            outputs.log_epoch(writer, row, self.step)
+            log.info(outputs.summary_line(row, self.tcfg.num_epochs, improved))
             for cb in self.callbacks:
                 if hasattr(cb, "on_epoch_end"):
                     cb.on_epoch_end(self.epoch, row)
@@ -251,7 +285,9 @@ class UnifiedModelTrainer:
                 window_bad = True
                 self._bad_step(epoch, batch)
             else:
-                sums += torch.tensor([losses["total"], losses["tempme"], losses["stop"], 1.0], dtype=torch.float64)
+                sums += torch.tensor(
+                    [losses["total"], losses["tempme"], losses["stop"], 1.0], dtype=torch.float64
+                )
             if not last_micro:
                 continue
             norm = self._optimizer_step(skip=window_bad)
@@ -279,12 +315,13 @@ class UnifiedModelTrainer:
         video = frames_to_tensor(batch["frames"].to(self.device, non_blocking=True))  # [B, T, 3, S, S]
         mask = batch["mask"].to(self.device)  # [B, T]
         ids, attn = self.model.tokenize(batch["captions"])  # [B, L]
-        with self.ddp.sync_context(sync), autocast(self.device, self.amp_dtype):
-            out = self.ddp(video, mask, ids.to(self.device), attn.to(self.device))
-            total = out["total_loss"]
-            if any_true(not bool(torch.isfinite(total.detach())), self.device):
+        with self.ddp.sync_context(sync):
+            with autocast(self.device, self.amp_dtype):
+                out = self.ddp(video, mask, ids.to(self.device), attn.to(self.device))
+            # Every rank must agree to skip, or DDP's gradient all-reduce would wait forever.
+            if any_true(not bool(torch.isfinite(out["total_loss"].detach())), self.device):
                 return None
-            # LossForward already scaled the loss for DDP; accumulation divides here.
+            # loss_for_backward carries the DDP factor; accumulation divides here.
             self.scaler.scale(out["loss_for_backward"] / self.tcfg.gradient_accumulation_steps).backward()
         return {k: float(out[f"{k}_loss"].detach()) for k in ("total", "tempme", "stop")}
 
@@ -303,8 +340,11 @@ class UnifiedModelTrainer:
                 self.scaler.update()
                 self.bad_in_row = 0
         self.optimizer.zero_grad(set_to_none=True)
-        # The schedule follows the position in the run, skipped steps included.
-        self.scheduler.step()
+        # The schedule follows the position in the run, skipped steps included (torch warns
+        # about a scheduler step without an optimiser step: intended here).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*", category=UserWarning)
+            self.scheduler.step()
         self.step += 1
         return None if skip else norm
 
@@ -374,7 +414,7 @@ class UnifiedModelTrainer:
         )
 
     # ------------------------------------------------------------------ outputs
-    def _state(self, phase: Phase, row: dict, full: bool) -> dict:
+    def _save(self, phase: Phase, row: dict, improved: bool) -> None:
         state = {
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
@@ -385,63 +425,14 @@ class UnifiedModelTrainer:
             "best_epoch": self.best_epoch,
             "metrics": row,
         }
-        if full:
-            state.update(
-                optimizer=self.optimizer.state_dict(),
-                scheduler=self.scheduler.state_dict(),
-                scaler=self.scaler.state_dict(),
-                rng=ckpt_io.capture_rng(),
-                sampler=self.sampler.state_dict(),
-                history=self.history,
-            )
-        return state
-
-    def _save(self, phase: Phase, row: dict, improved: bool) -> None:
-        last = self.epoch == self.tcfg.num_epochs
-        if self.epoch % self.tcfg.save_every == 0 or last:
-            ckpt_io.save_checkpoint(self.out_dir / f"checkpoint_epoch_{self.epoch}.pth", self._state(phase, row, True))
-        if improved:
-            ckpt_io.save_checkpoint(self.out_dir / "best_model.pth", self._state(phase, row, False))
-        atomic_write_json(self.out_dir / "history.json", self.history)
-
-    def _tensorboard(self):
-        if not self.info.is_main:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(log_dir=str(self.out_dir / "logs"), purge_step=self.step or None)
-
-    def _log_epoch(self, writer, row: dict) -> None:
-        if writer is None:
-            return
-        for key, value in row.items():
-            if isinstance(value, (int, float)) and key not in ("epoch", "step") and math.isfinite(value):
-                group = "lr" if key.startswith("lr_") else "val" if key.startswith("val_") else "epoch"
-                # x axis = optimiser steps for every scalar, so purge_step works on resume.
-                writer.add_scalar(f"{group}/{key}", value, self.step)
-        writer.flush()
-
-    def _summary(self, seconds: float) -> dict:
-        best = next((r for r in self.history if r["epoch"] == self.best_epoch), {})
-        last = max((int(p.stem.rsplit("_", 1)[1]) for p in self.out_dir.glob("checkpoint_epoch_*.pth")), default=0)
-        return {
-            "epochs": self.epoch,
-            "steps": self.step,
-            "best_epoch": self.best_epoch,
-            "best_metric": self.best_metric,
-            **{f"best_{k}": v for k, v in best.items() if k.startswith("val_")},
-            "best_checkpoint": str(self.out_dir / "best_model.pth"),
-            "last_checkpoint": str(self.out_dir / f"checkpoint_epoch_{last}.pth") if last else None,
-            "seconds": round(seconds, 1),
-        }
-
-
-def _summary_line(row: dict, num_epochs: int, improved: bool) -> str:
-    return (
-        f"epoch {row['epoch']}/{num_epochs} [{row['phase']}] "
-        f"train {row['train_loss']:.4f} (tempme {row['tempme_loss']:.4f}, stop {row['stop_loss']:.4f}) "
-        f"val {row['val_loss']:.4f} | t2v R@1 {row['val_t2v_R1']:.1f} R@5 {row['val_t2v_R5']:.1f} "
-        f"R@10 {row['val_t2v_R10']:.1f} MdR {row['val_t2v_MdR']:.1f} | v2t R@1 {row['val_v2t_R1']:.1f} | "
-        f"lr {row['lr_tempme']:.2e}/{row['lr_stop']:.2e}/{row['lr_backbone']:.2e} "
-        f"grad {row['grad_norm']:.3f} | {row['epoch_seconds']:.1f}s" + ("  *best*" if improved else "")
-    )
+        full = None
+        if self.epoch % self.tcfg.save_every == 0 or self.epoch == self.tcfg.num_epochs:
+            full = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": ckpt_io.capture_rng(),
+                "sampler": self.sampler.state_dict(),
+                "history": self.history,
+            }
+        outputs.write_epoch(self.out_dir, state, full, self.history, improved)

@@ -1,0 +1,142 @@
+"""UnifiedModelConfig: defaults, params.yaml, the user's guide format, errors, overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tempstop.config import ConfigError, DemoConfig, UnifiedModelConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Every key the user's guide (TRAINING_GUIDE.md) shows, in its JSON format.
+GUIDE = {
+    "training": {
+        "training_mode": "sequential",
+        "tempme_lr": 2e-4,
+        "stop_lr": 3e-5,
+        "batch_size": 6,
+        "num_epochs": 7,
+        "datatype": "didemo",
+        "checkpoint_dir": "./checkpoints/guide",
+        "warmup_epochs": 1,
+        "optimizer": "BertAdam",
+        "weight_decay": 0.02,
+        "gradient_accumulation_steps": 3,
+        "max_grad_norm": 0.5,
+        "scheduler": "linear",
+        "tempme_loss_weight": 0.7,
+        "stop_loss_weight": 0.3,
+        "train_data_path": "./data/train",
+        "val_data_path": "./data/val",
+    }
+}
+
+
+def check_guide_values(cfg: UnifiedModelConfig) -> None:
+    t = cfg.training
+    for key, value in GUIDE["training"].items():
+        if key == "training_mode":
+            assert t.mode == t.training_mode == value
+        else:
+            assert getattr(t, key) == value, key
+
+
+def test_defaults():
+    cfg = UnifiedModelConfig()
+    assert cfg.training.mode == "joint" and cfg.training.training_mode == "joint"
+    assert cfg.demo == DemoConfig() and cfg.demo.train_quadruples == 600
+    assert load_config(None) == cfg
+    raw = cfg.to_dict()
+    assert "validate" in raw and "validate_" not in raw  # params.yaml section name
+    assert raw["training"]["mode"] == "joint"
+    assert cfg.flat()["training.batch_size"] == cfg.training.batch_size
+
+
+def test_repo_params_yaml_loads():
+    path = REPO / "params.yaml"
+    cfg = UnifiedModelConfig.from_yaml(path)
+    raw = yaml.safe_load(path.read_text())
+    assert cfg.data.root == raw["data"]["root"]
+    assert cfg.training.batch_size == raw["training"]["batch_size"]
+    assert cfg.model.tempme.clipme_k == raw["model"]["tempme"]["clipme_k"]
+    assert cfg.validate_.timeout_s == raw["validate"]["timeout_s"]
+    assert load_config(path) == cfg  # by extension
+
+
+def test_guide_json_and_yaml_load(tmp_path):
+    as_json = tmp_path / "training_config.json"
+    as_json.write_text(json.dumps(GUIDE, indent=2))
+    as_yaml = tmp_path / "training_config.yaml"
+    as_yaml.write_text(yaml.safe_dump(GUIDE))
+    from_json, from_yaml = UnifiedModelConfig.from_json(as_json), UnifiedModelConfig.from_yaml(as_yaml)
+    check_guide_values(from_json)
+    assert from_json == from_yaml
+    assert from_json.model == UnifiedModelConfig().model  # other sections keep their defaults
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps({"training": {"batch_sizee": 8}}))
+    with pytest.raises(ConfigError, match=r"unknown key 'training\.batch_sizee'") as err:
+        UnifiedModelConfig.from_json(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.tempme\.lora_rnk'"):
+        UnifiedModelConfig.from_dict({"model": {"tempme": {"lora_rnk": 4}}})
+    with pytest.raises(ConfigError, match="unknown key 'trainer'"):
+        UnifiedModelConfig.from_dict({"trainer": {}})
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"training\.batch_size: .*'eight'"):
+        UnifiedModelConfig.from_dict({"training": {"batch_size": "eight"}})
+    with pytest.raises(ConfigError, match=r"validate\.timeout_s"):
+        UnifiedModelConfig.from_dict({"validate": {"timeout_s": -1}})
+    with pytest.raises(ConfigError, match=r"model\.tempme: .*clipme_k"):
+        UnifiedModelConfig.from_dict({"model": {"tempme": {"clipme_layers": [8, 9, 10], "clipme_k": [2, 2]}}})
+    with pytest.raises(ConfigError, match=r"training\.training_mode"):
+        UnifiedModelConfig.from_dict({"training": {"training_mode": "both"}})
+
+
+def test_training_mode_alias():
+    assert (
+        UnifiedModelConfig.from_dict({"training": {"training_mode": "stop_only"}}).training.mode
+        == "stop_only"
+    )
+    assert (
+        UnifiedModelConfig.from_dict({"training": {"mode": "tempme_only"}}).training.training_mode
+        == "tempme_only"
+    )
+
+
+def test_with_overrides():
+    base = UnifiedModelConfig()
+    cfg = base.with_overrides(
+        {"training.batch_size": 4, "model.tempme.imgme_r": 1, "training.mode": "sequential"}
+    )
+    assert (cfg.training.batch_size, cfg.model.tempme.imgme_r, cfg.training.mode) == (4, 1, "sequential")
+    assert base.training.batch_size == UnifiedModelConfig().training.batch_size  # a copy
+    with pytest.raises(ConfigError, match=r"training\.batch_sizee"):
+        base.with_overrides({"training.batch_sizee": 4})
+    with pytest.raises(ConfigError, match=r"demo\.train_quadruples"):
+        base.with_overrides({"demo.train_quadruples": 0})
+    with pytest.raises(ConfigError, match=r"nope\.x"):
+        base.with_overrides({"nope.x": 1})
+
+
+def test_round_trip_and_file_errors(tmp_path):
+    cfg = UnifiedModelConfig().with_overrides({"training.mode": "stop_only", "demo.seed": 5})
+    path = tmp_path / "cfg.json"
+    cfg.to_json(path)
+    assert UnifiedModelConfig.from_json(path) == cfg
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
+        UnifiedModelConfig.from_json(bad)
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        UnifiedModelConfig.from_yaml(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="unknown config format"):
+        load_config(tmp_path / "cfg.toml")
