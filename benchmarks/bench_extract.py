@@ -186,6 +186,13 @@ def bench_split(name: str, split: Path, args: argparse.Namespace, scratch: Path)
         "seconds_median": {k: round(statistics.median(w for w, _ in v), 4) for k, v in runs.items()},
         "cpu_seconds_best": {k: round(v, 4) for k, v in cpu.items()},
         "cpu_ratio_to_bare": {k: round(cpu[k] / cpu["bare"], 3) for k in ("bare_full", "w0", "w1", "w2")},
+        # Ratio within each repeat (runs minutes apart see different load), then the median.
+        "cpu_ratio_to_bare_median": {
+            k: round(
+                statistics.median(c / b for (_, c), (_, b) in zip(runs[k], runs["bare"], strict=True)), 3
+            )
+            for k in ("bare_full", "w0", "w1", "w2")
+        },
         "first_run_1_worker": {"wall_s": round(cold[0], 4), "cpu_s": round(cold[1], 4)},
         "videos_per_s": {k: round(n / v, 1) for k, v in best.items()},
         "ratio_to_bare": {k: round(best[k] / best["bare"], 3) for k in ("bare_full", "w0", "w1", "w2")},
@@ -207,19 +214,20 @@ def table(results: list[dict]) -> str:
         lines.append(
             f"\n{r['split']}: {r['videos']} videos, {r['frames']} frames -> {r['size']} px (decoded at {size})"
         )
-        lines.append(
-            f"  {'':26} {'wall s':>8} {'videos/s':>9} {'x bare':>7} {'x full':>7} {'CPU s':>8} {'CPU x bare':>10}"
-        )
+        head = f"{'wall s':>8} {'videos/s':>9} {'x bare':>7} {'x full':>7} {'CPU s':>8} {'CPU x bare':>10} {'(median)':>9}"
+        lines.append(f"  {'':26} {head}")
         for label, key in rows:
             sec, cpu = r["seconds_best"][key], r["cpu_seconds_best"][key]
             ratio, full = sec / r["seconds_best"]["bare"], sec / r["seconds_best"]["bare_full"]
             cpu_ratio = cpu / r["cpu_seconds_best"]["bare"]
+            med = r["cpu_ratio_to_bare_median"].get(key, 1.0)
             lines.append(
-                f"  {label:26} {sec:8.3f} {r['videos_per_s'][key]:9.1f} {ratio:7.2f} {full:7.2f} {cpu:8.3f} {cpu_ratio:10.2f}"
+                f"  {label:26} {sec:8.3f} {r['videos_per_s'][key]:9.1f} {ratio:7.2f} {full:7.2f} "
+                f"{cpu:8.3f} {cpu_ratio:10.2f} {med:9.2f}"
             )
         cold = r["first_run_1_worker"]
         lines.append(
-            f"  first run of the program, 1 worker (fork server start-up): {cold['wall_s']:.3f} s wall"
+            f"  first extraction of the program, 1 worker (incl. fork server start-up): {cold['wall_s']:.3f} s wall"
         )
     return "\n".join(lines)
 
@@ -262,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # other jobs on a shared machine
         },
         "method": "best of interleaved repeats (wall and CPU time, CPU including worker processes); bare = VideoReader(num_threads=1, width/height = the "
         "extraction's decode size) + get_batch of the same indices, single process; bare_full = same at "

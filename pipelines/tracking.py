@@ -27,6 +27,7 @@ import os
 import re
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -300,7 +301,12 @@ class MlflowTracker(Tracker):
         name = _tracking_section(self.cfg).registered_model
         flat = _numeric_metrics(metrics)
         self.log_metrics({f"best_{k}": v for k, v in flat.items()})
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            # An input example would make MLflow load the checkpoint and run predict() at
+            # registration; the explicit signature says what the input is.
+            warnings.filterwarnings(
+                "ignore", message=".*input example was not provided", category=UserWarning
+            )
             config_path = Path(tmp) / "config.json"
             config_path.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
             info = mlflow.pyfunc.log_model(

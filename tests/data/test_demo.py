@@ -163,7 +163,8 @@ def test_oversized_training_repeats_only_its_own_units():
 
 def test_impossible_params_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="demo.train_captions"):
-        generate_demo(tmp_path, DemoConfig(train_captions=4, train_quadruples=1), progress=False)
+        generate_demo(tmp_path / "out", DemoConfig(train_captions=4, train_quadruples=1), progress=False)
+    assert not (tmp_path / "out").exists()  # checked before anything is written
     with pytest.raises(ValueError, match="demo.val_quadruples"):
         assign_units(DemoConfig(val_quadruples=700, test_quadruples=600))
 
@@ -240,6 +241,16 @@ def test_rerun_skips_repairs_and_regenerates(tmp_path, tiny_demo_root, tiny_demo
     assert summary["written"] == 20
     assert len(list((root / "val" / "videos").iterdir())) == 4
     assert json.loads((root / "dataset.json").read_text())["params"]["val_quadruples"] == 1
+
+
+def test_refuses_to_overwrite_another_dataset(tmp_path):
+    split = tmp_path / "ds" / "train"
+    (split / "videos").mkdir(parents=True)
+    original = json.dumps([{"video_id": "v1", "captions": ["a caption"]}])
+    (split / "annotations.json").write_text(original)
+    with pytest.raises(ValueError, match="not made by the demo generator"):
+        generate_demo(tmp_path / "ds", DemoConfig(**SMALL), progress=False)
+    assert (split / "annotations.json").read_text() == original
 
 
 def test_cli_demo_data(tmp_path, capsys):

@@ -140,3 +140,17 @@ def test_train_stages_read_every_training_key_except_the_paths_they_set():
         }
         assert listed == set(TrainingConfig.model_fields) - set_by_stage, name
         assert "model" in doc["stages"][name]["params"]
+
+
+def test_several_gpus_relaunch_training_under_torchrun(monkeypatch):
+    import sys
+
+    from pipelines.stages import train_phase
+
+    calls = []
+    monkeypatch.setattr(train_phase.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    assert train_phase._run_train(["train", "--mode", "joint"], nproc=4) == 0
+    assert calls == [
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
+         "-m", "pipelines.cli", "train", "--mode", "joint"]
+    ]  # fmt: skip

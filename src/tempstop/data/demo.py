@@ -26,6 +26,7 @@ never by worker scheduling, so a seed gives identical annotations and identical 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -223,19 +224,32 @@ def _inside(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
+@functools.lru_cache(maxsize=256)
+def _coverage(shape: str, r: float, fx: float, fy: float) -> np.ndarray:
+    """Anti-aliased coverage ``float32 [2K, 2K, 1]`` of a shape centred at ``(K + fx, K + fy)``.
+
+    Only the sub-pixel phase matters, and a steady move repeats a few phases, so most frames
+    reuse a cached patch.
+    """
+    k = int(1.4 * r) + 2
+    # Pixel centres at +0.5; 9 sub-samples per pixel give a coverage in [0, 1].
+    ys = np.arange(2 * k)[:, None, None, None] + 0.5 + _SUB[None, None, :, None] - (k + fy)
+    xs = np.arange(2 * k)[None, :, None, None] + 0.5 + _SUB[None, None, None, :] - (k + fx)
+    return _inside(shape, xs, ys, r).mean(axis=(2, 3), dtype=np.float32)[..., None]
+
+
 def _draw(frame: np.ndarray, shape: str, cx: float, cy: float, r: float, rgb: np.ndarray) -> None:
     """Blend an anti-aliased shape into ``frame`` (uint8 [H, W, 3]) in place."""
-    size = frame.shape[0]
-    reach = 1.4 * r + 1
-    x0, x1 = max(0, int(cx - reach)), min(size, int(cx + reach) + 2)
-    y0, y1 = max(0, int(cy - reach)), min(size, int(cy + reach) + 2)
-    if x0 >= x1 or y0 >= y1:
+    ix, iy = int(np.floor(cx)), int(np.floor(cy))
+    cover = _coverage(shape, r, round(cx - ix, 6), round(cy - iy, 6))
+    k = cover.shape[0] // 2
+    x0, y0 = ix - k, iy - k  # frame position of the patch's top-left pixel
+    fx0, fy0 = max(0, x0), max(0, y0)
+    fx1, fy1 = min(frame.shape[1], x0 + 2 * k), min(frame.shape[0], y0 + 2 * k)
+    if fx0 >= fx1 or fy0 >= fy1:
         return
-    # Pixel centres at +0.5; 9 sub-samples per pixel give a coverage in [0, 1].
-    ys = np.arange(y0, y1)[:, None, None, None] + 0.5 + _SUB[None, None, :, None]
-    xs = np.arange(x0, x1)[None, :, None, None] + 0.5 + _SUB[None, None, None, :]
-    cover = _inside(shape, xs - cx, ys - cy, r).mean(axis=(2, 3), dtype=np.float32)[..., None]
-    patch = frame[y0:y1, x0:x1]
+    cover = cover[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
+    patch = frame[fy0:fy1, fx0:fx1]
     patch[:] = np.rint(patch * (1.0 - cover) + cover * rgb)  # a convex mix: stays in 0..255
 
 
@@ -304,13 +318,6 @@ def _identity(cfg: DemoConfig) -> dict[str, Any]:
     return {"generator": "tempstop-demo", "version": GENERATOR_VERSION, "params": params}
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _reusable_items(split_dir: Path) -> dict[str, dict]:
     """Items of an existing annotations.json by video id (empty when absent or broken)."""
     path = split_dir / ANNOTATIONS_FILE
@@ -324,22 +331,29 @@ def _reusable_items(split_dir: Path) -> dict[str, dict]:
     return {it["video_id"]: it for it in raw if isinstance(it, dict) and "video_id" in it}
 
 
-def _remove_stale(videos_dir: Path, split: str, keep: set[str]) -> int:
-    """Delete generator-named clips (and temp files of killed writes) no longer planned.
+def _remove_stale(videos_dir: Path, split: str, keep: set[str]) -> None:
+    """Delete generator-named clips no longer planned and temp files of killed writes.
 
     Only names this generator produces are touched, so a user's own files survive.
     """
-    removed = 0
-    if not videos_dir.is_dir():
-        return 0
     for path in videos_dir.iterdir():
-        name = path.name
-        ours = name.startswith(f"{split}_") and name.endswith(".mp4") and name not in keep
-        temp = name.startswith(f".{split}_") and name.endswith(".tmp")
+        ours = path.name.startswith(f"{split}_") and path.suffix == ".mp4" and path.name not in keep
+        temp = path.name.startswith(f".{split}_") and path.suffix == ".tmp"
         if (ours or temp) and path.is_file():
             path.unlink()
-            removed += 1
-    return removed
+
+
+def _refuse_foreign(out_dir: Path, marker: Any) -> None:
+    """Refuse to overwrite a dataset this generator did not make (e.g. an imported one)."""
+    if isinstance(marker, dict) and marker.get("generator") == "tempstop-demo":
+        return
+    for split in SPLITS:
+        items = _reusable_items(out_dir / split)
+        if any("events" not in it or "quadruple" not in it for it in items.values()):
+            raise ValueError(
+                f"{out_dir / split / ANNOTATIONS_FILE}: a dataset not made by the demo generator "
+                "is there; choose another --out (nothing was changed)"
+            )
 
 
 def _run_jobs(jobs: list[tuple[dict, dict, str]], workers: int, progress: bool) -> None:
@@ -387,17 +401,22 @@ def generate_demo(out_dir: str | Path, cfg: DemoConfig | None = None, progress: 
     """
     cfg = cfg or DemoConfig()
     start = time.perf_counter()
+    identity = _identity(cfg)
+    units = assign_units(cfg)  # impossible sizes fail here, before anything is written
+    plans = {split: plan_split(cfg, split, units[split]) for split in SPLITS}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    identity = _identity(cfg)
-    units = assign_units(cfg)
-    plans = {split: plan_split(cfg, split, units[split]) for split in SPLITS}
 
     marker = out_dir / DATASET_FILE
-    old = _read_json(marker) if marker.is_file() else None
+    try:
+        old = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
     reuse = isinstance(old, dict) and {k: old.get(k) for k in identity} == identity
-    if marker.is_file() and not reuse:
-        marker.unlink()  # from here on the folder is incomplete until we finish
+    if not reuse:  # other params: the folder counts as incomplete until we finish
+        _refuse_foreign(out_dir, old)
+        for path in [marker, *(out_dir / s / ANNOTATIONS_FILE for s in SPLITS)]:
+            path.unlink(missing_ok=True)
 
     cfg_dict = cfg.model_dump()
     jobs, skipped = [], 0

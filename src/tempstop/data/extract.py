@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import stat
 import time
@@ -277,7 +278,9 @@ def extract_split(
         if previous is not None:
             finished.update(previous)
             continue
-        todo.append(dict(job, path=str(path), stamp=stamp, store=str(store), **_settings(cfg), threads=1))
+        # Absolute paths: workers fork from a server that keeps the working folder it started in.
+        where = {"path": os.path.abspath(path), "store": os.path.abspath(store)}
+        todo.append(dict(job, **where, stamp=stamp, **_settings(cfg), threads=1))
     skipped = len(records) - len(todo) - len(failed)
 
     n_workers = cfg.workers if workers is None else workers

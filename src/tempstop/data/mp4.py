@@ -37,7 +37,7 @@ def write_video(
             rate = Fraction(fps).limit_denominator(1000)
             stream = container.add_stream("libx264", rate=rate)
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            stream.options = {"crf": str(crf), "preset": "veryfast", **_x264_cpu_cap()}
             if pts_seconds is not None:
                 stream.codec_context.time_base = Fraction(1, 1000)
             for i in range(t):
@@ -51,3 +51,22 @@ def write_video(
                 container.mux(packet)
 
     atomic_write(path, write)
+
+
+def _x264_cpu_cap() -> dict[str, str]:
+    """Keep x264 off its AVX-512 kernels, which make small clips non-deterministic.
+
+    On AVX-512 CPUs the same frames encoded twice could give different bytes *and* different
+    decoded pixels (up to ~50 grey levels in a block), depending on what the process had
+    encoded before: a kernel reads memory it never wrote (seen with 96x96 clips; mbtree=0 or
+    asm=0 also cure it). Capping at AVX2 costs nothing measurable. The cap is set only where
+    the CPU has AVX-512, because x264's ``asm`` option overrides detection: naming AVX2 on a
+    CPU without it would crash with an illegal instruction.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            has_avx512 = "avx512" in f.read()
+    except OSError:  # not Linux: leave x264's own detection alone
+        return {}
+    return {"x264-params": "asm=AVX2"} if has_avx512 else {}
+

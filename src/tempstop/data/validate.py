@@ -15,6 +15,7 @@ The source data is only read.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -221,27 +222,23 @@ def _probe_videos(result, rows, ids, raw, videos_dir, cfg, probe_fn, progress, a
     """Probe each distinct video file once, in workers; add video and segment problems."""
     from tempstop.data.workers import map_with_timeout
 
-    by_path: dict[str, list[int]] = {}
+    by_path: dict[str, list[int]] = {}  # video file (as reported) -> annotation rows using it
     for r in rows:
         if r["file_exists"] and r["video_id"] is not None:
             by_path.setdefault(str(videos_dir / r["video"]), []).append(r["row"])
+    # Workers fork from a server that keeps the working folder it started in: absolute paths.
+    absolute = {os.path.abspath(p): p for p in by_path}
     t0 = time.perf_counter()
     probed: list[dict] = []
-    desc = f"probe {result.split}"
     preload = ("numpy", "decord", "tempstop.data.video")  # imported once, by the fork server
     probes = map_with_timeout(
-        probe_fn,
-        list(by_path),
-        cfg.workers,
-        cfg.timeout_s,
-        desc,
-        progress=progress,
-        preload=preload,
-        unit="video",
-    )
-    for path, out in probes:
+        probe_fn, list(absolute), cfg.workers, cfg.timeout_s, f"probe {result.split}",
+        progress=progress, preload=preload, unit="video",
+    )  # fmt: skip
+    for abs_path, out in probes:
+        path = absolute[abs_path]
         if isinstance(out, Exception):
-            reason = _probe_reason(out, path, cfg)
+            reason = _probe_reason(out, abs_path, cfg)
             for row in by_path[path]:
                 add(row, ids[row], path, reason, "probe")
             continue
