@@ -106,7 +106,14 @@ def bench_backbone(backbone: str, frames: int, size: int, batch: int, iters: int
         for v, s in speeds.items():
             rows[v][key] = round(s, 4)
     del models
-    return {"backbone": backbone, "frames": frames, "size": size, "batch": batch, "iters": iters, "variants": rows}
+    return {
+        "backbone": backbone,
+        "frames": frames,
+        "size": size,
+        "batch": batch,
+        "iters": iters,
+        "variants": rows,
+    }
 
 
 def goals(result: dict) -> dict:
@@ -144,7 +151,13 @@ def bench_demo_step(threads: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    return {"batch": 32, "frames": 8, "size": 64, "threads": threads, "seconds_per_step": round(statistics.median(times[1:]), 3)}
+    return {
+        "batch": 32,
+        "frames": 8,
+        "size": 64,
+        "threads": threads,
+        "seconds_per_step": round(statistics.median(times[1:]), 3),
+    }
 
 
 def markdown(results: list[dict]) -> str:
@@ -179,7 +192,9 @@ def _cpu_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-B-16"])
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--size", type=int, default=224)
@@ -218,8 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(results))
     if args.demo:
         d = out["demo_training_step"]
-        print(f"Demo model (params.yaml): {d['seconds_per_step']} s per training step, batch 32 x 8 frames at 64 px")
-    print(f"\nload average before/after: {out['load_average_before']} / {out['load_average_after']}; {out['seconds']} s")
+        print(
+            f"Demo model (params.yaml): {d['seconds_per_step']} s per training step, batch 32 x 8 frames at 64 px"
+        )
+    print(
+        f"\nload average before/after: {out['load_average_before']} / {out['load_average_after']}; {out['seconds']} s"
+    )
     return 0
 
 

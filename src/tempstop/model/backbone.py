@@ -173,7 +173,10 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> None:
 class _OpenClipChatter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         from_open_clip = "open_clip" in record.pathname
-        return not (from_open_clip and (record.levelno <= logging.INFO or "initialized randomly" in record.getMessage()))
+        return not (
+            from_open_clip
+            and (record.levelno <= logging.INFO or "initialized randomly" in record.getMessage())
+        )
 
 
 @contextlib.contextmanager

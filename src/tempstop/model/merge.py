@@ -49,36 +49,35 @@ def size_bias(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 @dataclass
 class MergePlan:
-    """Which tokens merge where. Indices refer to the mergeable part of the sequence.
+    """Which tokens merge into which, as positions in the full sequence ``[G, N]``.
 
-    ``a_idx``/``b_idx`` split the tokens into the two sides of the bipartite graph; ``unm``,
-    ``src`` index into side A (kept / merged away), ``dst`` into side B (merge targets).
+    The merged sequence keeps the surviving tokens in their order (``keep``); each merged-away
+    token ``src[:, i]`` is averaged into ``dst[:, i]``.
     """
 
-    a_idx: torch.Tensor  # [Na] long
-    b_idx: torch.Tensor  # [Nb] long
-    unm: torch.Tensor  # [G, Na - r]
-    src: torch.Tensor  # [G, r]
-    dst: torch.Tensor  # [G, r]
+    src: torch.Tensor  # [G, r] positions merged away
+    dst: torch.Tensor  # [G, r] positions they merge into
+    keep: torch.Tensor  # [G, N - r] surviving positions, ascending
+    new_pos: torch.Tensor  # [G, N] position of each old token (merged ones: their target's)
 
     @property
     def r(self) -> int:
         return self.src.shape[1]
 
 
-def alternate_split(m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ToMe's split: even positions on side A, odd positions on side B."""
-    return torch.arange(0, m, 2, device=device), torch.arange(1, m, 2, device=device)
+def alternate_split(start: int, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ToMe's split of positions ``start..end-1``: even offsets on side A, odd on side B."""
+    return torch.arange(start, end, 2, device=device), torch.arange(start + 1, end, 2, device=device)
 
 
-def clip_split(k: int, per_clip: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-clip split for ``k`` concatenated clips of ``per_clip`` tokens each.
+def clip_split(start: int, k: int, per_clip: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-clip split of ``k`` concatenated clips of ``per_clip`` tokens from ``start`` on.
 
     Side A holds the tokens of the odd clips, side B those of the even clips, so every merge
     joins tokens of *different* (adjacent) clips: temporal redundancy is what ClipMe removes.
     """
     clip_of = torch.arange(k, device=device).repeat_interleave(per_clip)  # [k * per_clip]
-    pos = torch.arange(k * per_clip, device=device)
+    pos = torch.arange(k * per_clip, device=device) + start
     return pos[clip_of % 2 == 1], pos[clip_of % 2 == 0]
 
 
@@ -92,74 +91,61 @@ def plan_merge(
     """Bipartite soft matching: each A token picks its most similar B token; the ``r`` best
     pairs merge.
 
-    ``metric`` ``[G, M, C]`` (keys or features of the mergeable tokens), ``valid`` ``[G, M]``
-    (size > 0) or None. Similarity is cosine. With ``valid``, a real token only pairs with a
-    real token and padding tokens merge first, so which real tokens merge never depends on
-    the padding's content. ``r`` must not exceed the size of side A.
+    ``metric`` ``[G, N, C]`` (keys or features), ``a_idx``/``b_idx`` positions of the two
+    sides, ``valid`` ``[G, N]`` (size > 0) or None. Similarity is cosine. With ``valid``, a
+    real token only pairs with a real token and padding tokens merge first, so which real
+    tokens merge never depends on the padding's content. ``r`` must not exceed side A.
     """
     if r > a_idx.numel():
         raise ValueError(f"cannot merge {r} pairs with {a_idx.numel()} tokens on side A")
-    metric = F.normalize(metric.float(), dim=-1)
-    sim = metric[:, a_idx] @ metric[:, b_idx].transpose(1, 2)  # [G, Na, Nb]
+    g, n = metric.shape[:2]
+    a = F.normalize(metric[:, a_idx].float(), dim=-1)  # [G, Na, C]
+    b = F.normalize(metric[:, b_idx].float(), dim=-1)  # [G, Nb, C]
+    sim = a @ b.transpose(1, 2)  # [G, Na, Nb]
     if valid is not None:
         valid_a, valid_b = valid[:, a_idx], valid[:, b_idx]
         sim = sim.masked_fill(~valid_b[:, None, :], -math.inf)
     node_max, node_idx = sim.max(dim=-1)  # [G, Na]
     if valid is not None:
         node_max = torch.where(valid_a, node_max, torch.full_like(node_max, _PAD_SCORE))
-    order = node_max.argsort(dim=-1, descending=True, stable=True)  # [G, Na]
-    src = order[:, :r]
-    return MergePlan(a_idx, b_idx, unm=order[:, r:], src=src, dst=node_idx.gather(1, src))
+    order = node_max.argsort(dim=-1, descending=True, stable=True)[:, :r]  # [G, r] into side A
+    src = a_idx[order]
+    dst = b_idx[node_idx.gather(1, order)]
+    kept = torch.ones(g, n, dtype=torch.bool, device=metric.device).scatter_(1, src, False)
+    keep = torch.arange(n, device=metric.device).expand(g, n)[kept].view(g, n - r)
+    new_pos = kept.long().cumsum(dim=1) - 1  # [G, N]: rank among survivors
+    new_pos = new_pos.scatter(1, src, new_pos.gather(1, dst))
+    return MergePlan(src=src, dst=dst, keep=keep, new_pos=new_pos)
 
 
-def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x[g, idx[g, i]]`` for ``x`` ``[G, M, ...]`` and ``idx`` ``[G, n]``."""
+def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[g, idx[g, i]]`` for ``x`` ``[G, N, ...]`` and ``idx`` ``[G, n]``."""
     if x.dim() == 2:
         return x.gather(1, idx)
     return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def apply_merge(plan: MergePlan, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge tokens ``x`` ``[G, M, D]`` with sizes ``[G, M]`` -> ``[G, M - r, D]``, ``[G, M - r]``.
+    """Merge tokens ``x`` ``[G, N, D]`` with sizes ``[G, N]`` -> ``[G, N - r, D]``, ``[G, N - r]``.
 
-    Output order: kept A tokens, then B tokens. A merged B token is the size-weighted mean of
-    itself and the A tokens merged into it; computed as ``x_b + sum s_a (x_a - x_b) / s`` so
-    a B token that receives nothing (or only size-0 padding) keeps its value bit for bit.
+    A target becomes the size-weighted mean of itself and what merges into it, computed as
+    ``x_b + sum s_a (x_a - x_b) / s``: a token that receives nothing (or only size-0 padding)
+    keeps its value bit for bit. Cost: one gather of the surviving tokens plus work on the
+    ``r`` merged pairs, so merging adds little to a layer.
     """
-    xa, xb = x[:, plan.a_idx], x[:, plan.b_idx]  # [G, Na, D], [G, Nb, D]
-    sa, sb = size[:, plan.a_idx], size[:, plan.b_idx]
-    s_src = _take(sa, plan.src)  # [G, r]
-    dst = plan.dst[..., None].expand(-1, -1, x.shape[-1])  # [G, r, D]
-    weighted = _take(xa, plan.src) * s_src[..., None].to(x.dtype)
-    acc_x = torch.zeros_like(xb).scatter_add(1, dst, weighted)  # [G, Nb, D]
-    acc_s = torch.zeros_like(sb).scatter_add(1, plan.dst, s_src)  # [G, Nb]
-    s_new = sb + acc_s
-    delta = (acc_x - acc_s[..., None].to(x.dtype) * xb) / s_new.clamp_min(1e-6)[..., None].to(x.dtype)
-    x_out = torch.cat([_take(xa, plan.unm), xb + delta], dim=1)
-    return x_out, torch.cat([_take(sa, plan.unm), s_new], dim=1)
+    s_src = size.gather(1, plan.src)  # [G, r]
+    total = size.scatter_add(1, plan.dst, s_src)  # [G, N]: target sizes after the merge
+    den = total.gather(1, plan.dst).clamp_min(1e-6)  # [G, r]
+    x_src, x_dst = _rows(x, plan.src), _rows(x, plan.dst)  # [G, r, D]
+    delta = (x_src - x_dst) * (s_src / den)[..., None].to(x.dtype)  # [G, r, D]
+    out = _rows(x, plan.keep)  # [G, N - r, D]
+    out = out.scatter_add(1, plan.new_pos.gather(1, plan.dst)[..., None].expand_as(delta), delta)
+    return out, total.gather(1, plan.keep)
 
 
 def merge_sum(plan: MergePlan, t: torch.Tensor) -> torch.Tensor:
-    """Merge a per-token quantity ``[G, M]`` by summing (e.g. attention mass) -> ``[G, M - r]``."""
-    ta, tb = t[:, plan.a_idx], t[:, plan.b_idx]
-    tb = tb.scatter_add(1, plan.dst, _take(ta, plan.src))
-    return torch.cat([_take(ta, plan.unm), tb], dim=1)
-
-
-def new_positions(plan: MergePlan, m: int) -> torch.Tensor:
-    """Where each of the ``m`` old tokens ends up after the merge, ``[G, m]`` (long).
-
-    Lets callers follow an input patch through merges (STOP rebuilds its patch grid with it).
-    """
-    g, n_unm = plan.unm.shape
-    out = torch.empty(g, m, dtype=torch.long, device=plan.unm.device)
-    n_b = plan.b_idx.numel()
-    out[:, plan.b_idx] = n_unm + torch.arange(n_b, device=out.device).expand(g, n_b)
-    pos_a = torch.empty(g, plan.a_idx.numel(), dtype=torch.long, device=out.device)
-    pos_a.scatter_(1, plan.unm, torch.arange(n_unm, device=out.device).expand(g, n_unm))
-    pos_a.scatter_(1, plan.src, n_unm + plan.dst)
-    out[:, plan.a_idx] = pos_a
-    return out
+    """Merge a per-token quantity ``[G, N]`` by summing (e.g. attention mass) -> ``[G, N - r]``."""
+    return t.scatter_add(1, plan.dst, t.gather(1, plan.src)).gather(1, plan.keep)
 
 
 def merge_protected(
@@ -175,18 +161,14 @@ def merge_protected(
     ``n_protected`` tokens (CLS).
 
     ``metric`` ``[G, N, C]`` is the similarity space (keys or features). ``split`` is the
-    bipartite split of the mergeable tokens (default: alternate). When ``r`` is more than one
-    round can remove (half the tokens), further rounds use the alternate split. With
-    ``masked``, tokens of size 0 are treated as padding (see :func:`plan_merge`).
-    Returns the merged tokens and sizes and the plans of the rounds.
+    bipartite split (positions; default: alternate over the unprotected tokens). When ``r``
+    is more than one round can remove (half the tokens), further rounds use the alternate
+    split. With ``masked``, tokens of size 0 are padding (see :func:`plan_merge`).
+    Returns the merged tokens and sizes and the plans of the rounds, in order.
     """
     plans: list[MergePlan] = []
-    head_x, x = x[:, :n_protected], x[:, n_protected:]
-    head_s, size = size[:, :n_protected], size[:, n_protected:]
-    metric = metric[:, n_protected:]
     while r > 0:
-        m = x.shape[1]
-        a_idx, b_idx = split if split is not None else alternate_split(m, x.device)
+        a_idx, b_idx = split if split is not None else alternate_split(n_protected, x.shape[1], x.device)
         step = min(r, a_idx.numel())
         if step == 0:
             break
@@ -198,4 +180,4 @@ def merge_protected(
         plans.append(plan)
         r -= step
         split = None
-    return torch.cat([head_x, x], 1), torch.cat([head_s, size], 1), plans
+    return x, size, plans

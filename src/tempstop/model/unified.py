@@ -91,7 +91,9 @@ class UnifiedTempMeSTOPModel(nn.Module):
 
         if self._tokenizer is None:
             with quiet_open_clip():
-                self._tokenizer = open_clip.get_tokenizer(self.cfg.backbone, context_length=self.context_length)
+                self._tokenizer = open_clip.get_tokenizer(
+                    self.cfg.backbone, context_length=self.context_length
+                )
         length = min(max_words or self.context_length, self.context_length)
         ids = self._tokenizer(list(texts), context_length=length)
         return ids, (ids != 0).long()

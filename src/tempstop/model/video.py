@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tempstop.model.blocks import PromptKV, attention_half, mlp_half, prompt_kv_from_code
@@ -18,7 +19,6 @@ from tempstop.model.merge import (
     clip_split,
     merge_protected,
     merge_sum,
-    new_positions,
     size_bias,
     tokens_to_keep,
 )
@@ -163,7 +163,7 @@ def _cross_clip(w: _Walker, plan: LayerPlan, tempme: TempMe) -> int:
     total = x.shape[1]
     r = total - tokens_to_keep(total, plan.cross_keep)
     r = min(r, total - w.n_cls - 1)  # always keep one non-CLS token
-    split = clip_split(k, n - w.n_cls // k, x.device) if k > 1 else None
+    split = clip_split(w.n_cls, k, n - w.n_cls // k, x.device) if k > 1 else None
     w.x, w.size, _ = merge_protected(x, size, w.n_cls, max(r, 0), x, split=split, masked=True)
     return total
 
@@ -180,11 +180,10 @@ def _merge_after_attention(w: _Walker, plan: LayerPlan, keys: torch.Tensor, trac
     if r == 0:
         return
     w.x, w.size, plans = merge_protected(w.x, w.sizes(), w.n_cls, r, keys, masked=w.clip_phase)
-    if track and w.grid is not None:  # follow the patches for the next STOP layer
-        for plan_ in plans:
-            m = plan_.a_idx.numel() + plan_.b_idx.numel()
-            w.grid.src = new_positions(plan_, m).gather(1, w.grid.src)
-            w.cls_attn = merge_sum(plan_, w.cls_attn)
+    if track and w.grid is not None:  # follow the patches for the next STOP layer (CLS at 0)
+        for step in plans:
+            w.grid.src = step.new_pos[:, 1:].gather(1, w.grid.src) - 1
+            w.cls_attn = merge_sum(step, F.pad(w.cls_attn, (1, 0)))[:, 1:]
 
 
 def _stop_layer(w: _Walker, layer: nn.Module, block: nn.Module, lora: nn.Module | None) -> PromptKV | None:
