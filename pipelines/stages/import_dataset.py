@@ -21,6 +21,13 @@ def register(sub) -> None:
     p.add_argument("--annotations", required=True, help="folder with the official annotation files")
     p.add_argument("--videos", required=True, help="folder with the video files (searched recursively)")
     p.add_argument("--out", required=True, help="dataset root to write (e.g. data/msrvtt)")
+    p.add_argument(
+        "--val-from-train",
+        type=int,
+        default=0,
+        metavar="N",
+        help="move N training videos (seeded) into a val split, for datasets without one (MSR-VTT: 500)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=main)
 
@@ -31,7 +38,12 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         result = import_dataset(
-            args.datatype, args.annotations, args.videos, args.out, progress=not args.no_progress
+            args.datatype,
+            args.annotations,
+            args.videos,
+            args.out,
+            progress=not args.no_progress,
+            val_from_train=args.val_from_train,
         )
     except DatasetImportError as exc:
         raise SystemExit(f"tempstop import-dataset: {exc}") from None

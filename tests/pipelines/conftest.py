@@ -52,7 +52,6 @@ def smoke_overrides(mode: str | None = None) -> dict:
     from pipelines.flows.plan import SMOKE_OVERRIDES
 
     values = dict(SMOKE_OVERRIDES)
-    values.update({"model.tempme.imgme_layers": [0, 1, 2], "model.tempme.clipme_layers": [3, 4], "model.tempme.clipme_k": [2, 4], "model.stop.layers": 2})  # TEMPORARY-REMOVE
     if mode:
         values["training.mode"] = mode
     return values
@@ -93,8 +92,6 @@ def copy_project(target: Path, overrides: dict | None = None) -> Path:
             shutil.copy2(src, dst)
     if overrides:
         write_params(target / "params.yaml", overrides)
-    gi = target / ".gitignore"  # TEMPORARY-REMOVE
-    gi.write_text(gi.read_text().replace("/dvc.lock\n", ""))  # TEMPORARY-REMOVE
     git = ["git", "-c", "user.name=tests", "-c", "user.email=tests@localhost", "-c", "commit.gpgsign=false"]
     subprocess.run([*git, "init", "-q"], cwd=target, check=True)
     subprocess.run([*git, "add", "-A"], cwd=target, check=True)

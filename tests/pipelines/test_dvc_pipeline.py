@@ -75,7 +75,7 @@ def test_dvc_repro_sequential_then_joint_experiment(project, write_params):
 
     # A mode change retrains both stages and re-evaluates; data stages come from the cache.
     _run(["git", "add", "dvc.lock"], project)
-    out = _run(["dvc", "exp", "run", "-S", "training.mode=joint"], project)
+    out = _run(["dvc", "exp", "run", "-S", "training.mode=joint", "-S", "training.num_epochs=1"], project)
     assert "Running stage 'train_tempme'" in out and "Running stage 'evaluate'" in out
     assert "Running stage 'extract_frames'" not in out
     stop = json.loads((project / "outputs/stop/phase.json").read_text())

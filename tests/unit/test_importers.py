@@ -266,3 +266,16 @@ def test_cli_import_dataset(msrvtt, tmp_path, capsys):
     assert "train: 2 videos, 5 captions" in printed and "1 missing videos skipped, e.g. video3" in printed
     with pytest.raises(SystemExit, match="annotations folder not found"):
         main([*argv[:-1], str(tmp_path / "nope"), "--videos", str(msrvtt / "videos"), "--out", str(out)])
+
+
+def test_msrvtt_val_carved_from_train(msrvtt, tmp_path):
+    out = tmp_path / "native"
+    import_dataset("msrvtt", msrvtt / "ann", msrvtt / "videos", out, progress=False, val_from_train=1)
+    assert find_splits(out) == ["test", "train", "val"]
+    train, val = by_id(out / "train"), by_id(out / "val")
+    assert len(train) == 1 and len(val) == 1 and not set(train) & set(val)
+    assert set(train) | set(val) == {"video0", "video1"}
+    with pytest.raises(DatasetImportError, match="only 3 training videos"):
+        import_dataset(
+            "msrvtt", msrvtt / "ann", msrvtt / "videos", tmp_path / "o2", progress=False, val_from_train=2
+        )

@@ -16,6 +16,7 @@ import csv
 import json
 import logging
 import os
+import random
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -330,10 +331,38 @@ def link_split(
     return kept
 
 
+def carve_val(splits: dict[str, list[VideoRecord]], n: int, seed: int = 0) -> None:
+    """Move ``n`` training videos (chosen by seed) into a new ``val`` split, in place.
+
+    MSR-VTT ships only train (9k) and test (1k-A); model selection must not use test, so a
+    validation split is carved from train instead.
+    """
+    if n <= 0:
+        return
+    if "val" in splits:
+        raise DatasetImportError("this dataset already has a val split; --val-from-train is not needed")
+    train = splits.get("train", [])
+    if n >= len(train):
+        raise DatasetImportError(f"--val-from-train {n}: only {len(train)} training videos")
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    chosen = set(order[:n])
+    splits["val"] = [r for i, r in enumerate(train) if i in chosen]
+    splits["train"] = [r for i, r in enumerate(train) if i not in chosen]
+
+
 def import_dataset(
-    datatype: str, annotations: str | Path, videos: str | Path, out: str | Path, progress: bool = True
+    datatype: str,
+    annotations: str | Path,
+    videos: str | Path,
+    out: str | Path,
+    progress: bool = True,
+    val_from_train: int = 0,
 ) -> dict:
     """Import an official dataset into ``out`` (native layout, symlinked videos).
+
+    ``val_from_train`` moves that many training videos (seeded) into a ``val`` split, for
+    datasets without one (MSR-VTT).
 
     Returns ``{"datatype", "splits": {split: {videos, captions, missing, missing_examples}}}``.
     """
@@ -346,6 +375,7 @@ def import_dataset(
     if out.resolve() == ann_dir.resolve() or vid_dir.resolve() in (out.resolve(), *out.resolve().parents):
         raise DatasetImportError(f"--out {out} is or lies in a source folder; choose another place")
     splits = PARSERS[datatype](ann_dir)
+    carve_val(splits, val_from_train)
     index = VideoIndex(vid_dir)
     log.info("%s: %d video files under %s", datatype, len(index), vid_dir)
     resolved = {split: resolve_videos(datatype, recs, index) for split, recs in splits.items()}
