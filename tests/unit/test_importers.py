@@ -277,5 +277,5 @@ def test_msrvtt_val_carved_from_train(msrvtt, tmp_path):
     assert set(train) | set(val) == {"video0", "video1"}
     with pytest.raises(DatasetImportError, match="only 3 training videos"):
         import_dataset(
-            "msrvtt", msrvtt / "ann", msrvtt / "videos", tmp_path / "o2", progress=False, val_from_train=2
+            "msrvtt", msrvtt / "ann", msrvtt / "videos", tmp_path / "o2", progress=False, val_from_train=3
         )
