@@ -21,6 +21,7 @@ STAGE_MODULES = [
     "search",
     "promote",
     "plots",
+    "train_phase",
 ]
 
 TELEMETRY_OFF = {

@@ -4,7 +4,7 @@
 
 Random weights: cost does not depend on them. The TempMe/STOP settings come from the
 ``model`` section of ``--params`` when given, else from the defaults (TempMe's paper schedule,
-adapted to the backbone's depth). The backbone is frozen as with real weights (DESIGN 1),
+adapted to the backbone's depth); ``--set model.tempme.imgme_r=8`` changes one. The backbone is frozen as with real weights (DESIGN 1),
 except for ``tempstop-tiny`` (trained from scratch) and ``meanP`` (CLIP4Clip fine-tunes it);
 ``--freeze-backbone`` / ``--no-freeze-backbone`` decide explicitly.
 """
@@ -50,8 +50,7 @@ def main(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = load_params(args).model if (args.params or args.overrides) else None
-    cfg = _model_config(base, args)
+    cfg = _model_config(_base_config(args, load_params), args)
     torch.manual_seed(0)
     model = create_unified_model(cfg)
     result = profile_model(model, args.frames, args.size, args.batch, args.iters, args.speed)
@@ -65,6 +64,24 @@ def main(args) -> int:
     return 0
 
 
+def _base_config(args, load_params):
+    """The ``model`` section of ``--params`` (with ``--set``), else the defaults with ``--set``:
+    params.yaml is not read implicitly, as its schedule is the tiny demo model's."""
+    import yaml
+
+    from tempstop.config import UnifiedModelConfig
+
+    if args.params:
+        return load_params(args).model
+    pairs = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set needs KEY=VALUE, got {item!r}")
+        pairs[key.strip()] = yaml.safe_load(value)
+    return UnifiedModelConfig().with_overrides(pairs).model
+
+
 def _model_config(base, args):
     from tempstop.config import ModelConfig
 
@@ -74,7 +91,7 @@ def _model_config(base, args):
     update = {"backbone": args.model, "variant": args.variant, "freeze_backbone": freeze, "pretrained": None}
     if args.size is not None:
         update["image_size"] = args.size
-    return ModelConfig.model_validate({**(base or ModelConfig()).model_dump(), **update})
+    return ModelConfig.model_validate({**base.model_dump(), **update})
 
 
 def format_profile(r: dict) -> str:

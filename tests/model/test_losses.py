@@ -62,7 +62,7 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
     loss.backward()
     grads = torch.cat([t.grad, v.grad])
     torch.distributed.all_reduce(grads)  # what DDP does (sum, then / world)
-    queue.put((rank, float(loss), (grads / world).clone()))
+    queue.put((rank, loss.item(), (grads / world).tolist()))  # plain data: the process ends next
     torch.distributed.destroy_process_group()
 
 
@@ -85,5 +85,5 @@ def test_distributed_gradient_equals_global_batch_gradient():
     loss.backward()
     expected = torch.cat([t.grad, v.grad])
     for _, _, grads in results:
-        torch.testing.assert_close(grads, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.tensor(grads), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(sum(r[1] for r in results) / 2), loss.detach())

@@ -6,13 +6,14 @@ import pytest
 import torch
 from model_helpers import random_video, tiny_config
 
+from tempstop.config import StopConfig
 from tempstop.model import create_unified_model
 
 CAPTIONS = ["a red circle moves left", "a blue square moves up", "a green triangle moves right"]
 
 # Parameters that start at zero or whose output starts switched off: they alone can get a
 # gradient at initialisation; everything upstream of them gets one from the second step on.
-ZERO_INIT = ("lora_B", "clip_pos", ".fc2.", ".gate")
+ZERO_INIT = ("lora_B", "clip_pos", ".fc2.", ".gate", "text_gates")
 
 
 def _step(model, opt) -> dict:
@@ -34,7 +35,8 @@ def _trainable(model) -> list[str]:
 @pytest.mark.parametrize("mode", ["joint", "tempme_only", "stop_only"])
 def test_every_trainable_parameter_gets_a_gradient(mode):
     torch.manual_seed(0)
-    model = create_unified_model(tiny_config()).train()
+    stop = StopConfig(layers=1, eta=100.0, dropout=0.0, text_prompts=2)  # deep text prompts too
+    model = create_unified_model(tiny_config(stop=stop)).train()
     model.set_training_mode(mode)
     trainable = _trainable(model)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -79,7 +81,7 @@ def test_region_scorer_learns_through_the_selection():
 
 def test_untrained_stop_and_lora_change_nothing():
     torch.manual_seed(0)
-    unified = create_unified_model(tiny_config()).eval()
+    unified = create_unified_model(tiny_config(stop=StopConfig(layers=1, text_prompts=2))).eval()
     tempme = create_unified_model(tiny_config("tempme")).eval()
     tempme.load_state_dict({k: v for k, v in unified.state_dict().items() if not k.startswith("stop.")})
     stop = create_unified_model(tiny_config("stop")).eval()

@@ -7,6 +7,7 @@ working tree, and DVC sees a clean project.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -31,12 +32,9 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 # One Prefect home per test session (before anything imports prefect): ~/.prefect is untouched.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="tempstop-prefect-home-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
-
-
-def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)
 
 
 @pytest.fixture

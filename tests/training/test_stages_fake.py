@@ -164,3 +164,21 @@ def test_train_unified_model_script_uses_the_guide_config(fake_model, tmp_path, 
     )
     history = json.loads((tmp_path / "ck" / "history.json").read_text())
     assert [r["phase"] for r in history] == ["joint", "joint"]  # --mode overrides training_mode
+
+
+def test_evaluate_resolves_registry_uris(trained, tmp_path, monkeypatch):
+    import pipelines.tracking
+
+    _, store, out = trained
+    seen = []
+
+    def resolve(uri, cfg=None, cache_dir=None):
+        seen.append(uri)
+        return str(out / "best_model.pth")
+
+    monkeypatch.setattr(pipelines.tracking, "resolve_model_uri", resolve)
+    report = tmp_path / "eval.json"
+    rc = cli(["evaluate", "--checkpoint", "models:/tempstop-unified@champion", "--data", str(store),
+              "--json", str(report), "--no-track", "--no-progress"])  # fmt: skip
+    assert rc == 0 and seen == ["models:/tempstop-unified@champion"]
+    assert json.loads(report.read_text())["checkpoint"] == "models:/tempstop-unified@champion"

@@ -150,3 +150,27 @@ def test_ddp_two_processes_match_one_process(tiny_demo_root, tmp_path):
     for a, b in zip(h1, h2, strict=True):
         for key in ("train_loss", "grad_norm", "val_loss", "val_t2v_R1"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), key
+
+
+@pytest.mark.slow
+def test_evaluate_index_search_on_a_raw_split(tiny_demo_root, tmp_path, capsys):
+    """A checkpoint of the real model evaluated, indexed and searched on a never-extracted split."""
+    from pipelines.cli import main as cli
+
+    cfg = tiny_config(tiny_demo_root, tmp_path / "cache", tmp_path / "ck", num_epochs=1)
+    UnifiedModelTrainer(cfg, progress=False).train()
+    best = str(tmp_path / "ck" / "best_model.pth")
+    report = tmp_path / "eval.json"
+    cache = tmp_path / "eval-cache"
+    args = ["--data", str(tiny_demo_root), "--split", "test", "--cache", str(cache), "--no-progress"]
+    assert cli(["evaluate", "--checkpoint", best, *args, "--json", str(report), "--dsl", "--no-track"]) == 0
+    result = json.loads(report.read_text())
+    assert result["split"] == "test" and result["num_videos"] == 8 and result["num_queries"] == 8
+    assert result["datatype"] == "demo" and "t2v_dsl" in result
+    assert any(p.name.startswith("test-") for p in cache.iterdir())  # extracted into the cache
+    assert cli(["index", "--checkpoint", best, *args, "--out", str(tmp_path / "idx.pt")]) == 0
+    capsys.readouterr()
+    query = "a red circle moves left, then a blue square moves up"
+    assert cli(["search", "--index", str(tmp_path / "idx.pt"), query, "--top-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert len(hits) == 3 and hits[0]["file"].endswith(".mp4") and Path(hits[0]["file"]).is_file()
