@@ -2,11 +2,12 @@
 
     tempstop profile --model ViT-B-32 --frames 12 --variant unified [--size 224] [--batch 2] [--json]
 
-Random weights: cost does not depend on them. The TempMe/STOP settings come from the
-``model`` section of ``--params`` when given, else from the defaults (TempMe's paper schedule,
-adapted to the backbone's depth); ``--set model.tempme.imgme_r=8`` changes one. The backbone is frozen as with real weights (DESIGN 1),
-except for ``tempstop-tiny`` (trained from scratch) and ``meanP`` (CLIP4Clip fine-tunes it);
-``--freeze-backbone`` / ``--no-freeze-backbone`` decide explicitly.
+Random weights: cost does not depend on them. GFLOPs are multiply-adds (FLOPs / 2), as
+the TempMe paper counts them. TempMe/STOP settings come from the ``model`` section of
+``--params`` when given, else from the defaults (TempMe's paper schedule, adapted to the
+backbone's depth); ``--set model.tempme.imgme_r=8`` changes one. The backbone is frozen as
+with real weights (DESIGN 1), except for ``tempstop-tiny`` (trained from scratch) and
+``meanP`` (CLIP4Clip fine-tunes it); ``--[no-]freeze-backbone`` decides explicitly.
 """
 
 from __future__ import annotations

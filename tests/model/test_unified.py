@@ -123,3 +123,15 @@ def test_clear_config_errors():
         create_unified_model(tiny_config(stop=StopConfig(layers=3)))
     with pytest.raises(ValueError, match="px"):
         create_unified_model(tiny_config()).encode_video(random_video(1, size=32))
+
+
+def test_config_file_path_and_long_mask(tmp_path):
+    cfg = UnifiedModelConfig(model=tiny_config())
+    path = tmp_path / "config.json"
+    cfg.to_json(path)
+    model = create_unified_model(str(path)).eval()
+    video = random_video(2)
+    with torch.no_grad():
+        a = model.encode_video(video, torch.ones(2, 8, dtype=torch.long))
+        b = model.encode_video(video, torch.ones(2, 8, dtype=torch.bool))
+    assert torch.equal(a, b)

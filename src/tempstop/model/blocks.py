@@ -127,14 +127,7 @@ def attention_half(
         bias = bias.to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal and bias is None)
     if prompts is not None:
-        p_bias = None if prompts.bias is None else prompts.bias.to(q.dtype)
-        extra = F.scaled_dot_product_attention(
-            q, prompts.k.to(q.dtype), prompts.v.to(q.dtype), attn_mask=p_bias
-        )
-        gate = prompts.gate.to(q.dtype).view(1, heads, 1, 1)
-        if prompts.any_active is not None:
-            gate = gate * prompts.any_active.to(q.dtype).view(g, 1, 1, 1)
-        out = out + gate * extra
+        out = _add_prompt_attention(out, q, prompts)
     out = attn.out_proj(out.transpose(1, 2).reshape(g, n, d))
     res = AttentionOut(x=x + block.ls_1(out))
     if want_keys:
@@ -145,6 +138,26 @@ def attention_half(
             logits = logits + bias
         res.cls_attn = logits.float().softmax(dim=-1).mean(dim=1)[:, 0]  # [G, N]
     return res
+
+
+def _add_prompt_attention(out: torch.Tensor, q: torch.Tensor, prompts: PromptKV) -> torch.Tensor:
+    """``out + gate * softmax(q k_p^T / sqrt(hd) + bias) v_p``, ``[G, H, N, hd]``.
+
+    With a handful of prompt keys, plain matmuls beat the fused attention kernel on CPU. The
+    weights are laid out ``[G, H, P, N]`` (a softmax over a short last dim is slow) and the
+    gate is folded into them, so one ``baddbmm`` adds the result in a single pass.
+    """
+    g, heads, n, hd = q.shape
+    k, v = prompts.k.to(q.dtype), prompts.v.to(q.dtype)  # [G, H, P, hd]
+    logits = (k @ q.transpose(-1, -2)) * hd**-0.5  # [G, H, P, N]
+    if prompts.bias is not None:
+        logits = logits + prompts.bias.to(q.dtype).transpose(-1, -2)  # [G, 1, P, 1]
+    gate = prompts.gate.to(q.dtype).view(1, heads, 1, 1)
+    if prompts.any_active is not None:
+        gate = gate * prompts.any_active.to(q.dtype).view(g, 1, 1, 1)
+    weights = (logits.softmax(dim=2) * gate).reshape(g * heads, -1, n).transpose(1, 2)  # [GH, N, P]
+    out = torch.baddbmm(out.reshape(g * heads, n, hd), weights, v.reshape(g * heads, -1, hd))
+    return out.view(g, heads, n, hd)
 
 
 def mlp_half(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

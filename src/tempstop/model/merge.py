@@ -112,9 +112,12 @@ def plan_merge(
     src = a_idx[order]
     dst = b_idx[node_idx.gather(1, order)]
     kept = torch.ones(g, n, dtype=torch.bool, device=metric.device).scatter_(1, src, False)
-    keep = torch.arange(n, device=metric.device).expand(g, n)[kept].view(g, n - r)
-    new_pos = kept.long().cumsum(dim=1) - 1  # [G, N]: rank among survivors
-    new_pos = new_pos.scatter(1, src, new_pos.gather(1, dst))
+    rank = kept.long().cumsum(dim=1) - 1  # [G, N]: rank among survivors
+    # keep[g, rank[p]] = p for surviving p; merged-away positions go to a spare last column
+    slot = torch.where(kept, rank, torch.full_like(rank, n - r))
+    positions = torch.arange(n, device=metric.device).expand(g, n)
+    keep = torch.empty(g, n - r + 1, dtype=torch.long, device=metric.device).scatter_(1, slot, positions)[:, :-1]
+    new_pos = rank.scatter(1, src, rank.gather(1, dst))
     return MergePlan(src=src, dst=dst, keep=keep, new_pos=new_pos)
 
 
@@ -138,8 +141,8 @@ def apply_merge(plan: MergePlan, x: torch.Tensor, size: torch.Tensor) -> tuple[t
     den = total.gather(1, plan.dst).clamp_min(1e-6)  # [G, r]
     x_src, x_dst = _rows(x, plan.src), _rows(x, plan.dst)  # [G, r, D]
     delta = (x_src - x_dst) * (s_src / den)[..., None].to(x.dtype)  # [G, r, D]
-    out = _rows(x, plan.keep)  # [G, N - r, D]
-    out = out.scatter_add(1, plan.new_pos.gather(1, plan.dst)[..., None].expand_as(delta), delta)
+    out = _rows(x, plan.keep)  # [G, N - r, D], a new tensor: safe to update in place
+    out.scatter_add_(1, plan.new_pos.gather(1, plan.dst)[..., None].expand_as(delta), delta)
     return out, total.gather(1, plan.keep)
 
 

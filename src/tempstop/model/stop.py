@@ -2,7 +2,9 @@
 
 STOP layer ``i`` (``i = 1 .. stop.layers``) works on the input of transformer block ``i``,
 using the CLS attention of block ``i - 1`` (the last attention the tokens went through, so
-no extra attention pass is needed):
+no extra attention pass is needed). Scorer and prompters start from a shared bottleneck
+(LayerNorm -> Linear D -> h), which keeps them cheap: at ViT-B/32, 12 frames, STOP adds
+~0.1 GFLOPs to TempMe's ~35.
 
 * Intra-frame spatial prompting: every patch token gets a score
   ``W = a * A + (1 - a) * M`` (``A``: CLS-to-patch attention; ``M``: a temporal dynamics map
@@ -13,8 +15,11 @@ no extra attention pass is needed):
 * Inter-frame temporal prompting: frame variation ``W_t = mean_p (1 + b * r_p) ||dh_p||^2 / D``
   (``dh``: difference of layer-normalised prompted tokens of frames t and t-1, ``r``: the
   region mask) switches on ``ceil(eta * W_t)`` of ``P`` prompt tokens made by the inter-frame
-  prompter (attention over the frame difference -> Conv3d -> ReLU -> Conv3d -> Linear ->
-  Dropout). Frame t carries the prompts of boundary t-1 -> t (frame 0 those of 0 -> 1).
+  prompter (``P`` learned queries attending over the frame difference -> Conv3d -> ReLU ->
+  Conv3d -> Dropout -> Linear; dropout sits before the Linear so that the Linear can be
+  folded into the block's key/value weights). Frame t carries the prompts of boundary
+  t-1 -> t (frame 0 those of 0 -> 1). ``||dh||^2`` is divided by the width ``D`` so ``eta``
+  means the same for any backbone.
 
 Prompt tokens are deep prompts: each STOP layer inserts fresh ones into every frame's
 attention and drops them after it, so they are never merged and are gone long before
@@ -125,7 +130,7 @@ class StopLayer(nn.Module):
         Returns the prompted tokens, the temporal prompts' hidden code ``[B*T, P, h]`` and
         which of them are active ``[B*T, P]`` (None, None without temporal prompts).
         """
-        cls, patches = x[:, :1], x[:, 1:]  # [BT, 1, D], [BT, Np, D]
+        patches = x[:, 1:]  # [BT, Np, D]
         z = self.down(self.norm(patches))  # [BT, Np, h]
         g = to_grid(z, grid)  # [B, h, T, gh, gw]
         sel, gate = self._select(g, z.shape[1], cls_attn, grid)  # [BT, Ns]
@@ -133,11 +138,12 @@ class StopLayer(nn.Module):
         feat = grid_to_tokens(feat, grid, z.shape[1], mean=True)  # [BT, Np, h]
         feat = feat.gather(1, sel[..., None].expand(-1, -1, feat.shape[-1]))  # [BT, Ns, h]
         prompt = self.drop(self.fc2(F.relu(self.fc1(feat)))) * gate[..., None].to(x.dtype)  # [BT, Ns, D]
-        sel_d = sel[..., None].expand(-1, -1, patches.shape[-1])
-        patches = patches.scatter_add(1, sel_d, prompt.to(patches.dtype))
-        out = torch.cat([cls, patches], dim=1)
+        # add the prompts to the selected patch tokens (position + 1: CLS comes first)
+        out = x.scatter_add(1, (sel + 1)[..., None].expand(-1, -1, x.shape[-1]), prompt.to(x.dtype))
         if self.cfg.max_temporal_prompts == 0:
             return out, None, None
+        patches = out[:, 1:]
+        sel_d = sel[..., None].expand(-1, -1, patches.shape[-1])
         region = torch.zeros_like(cls_attn).scatter(1, sel, gate.to(cls_attn.dtype))  # [BT, Np], 1 on r_t
         z = z.scatter(
             1, sel[..., None].expand(-1, -1, z.shape[-1]), self.down(self.norm(patches.gather(1, sel_d)))
@@ -181,11 +187,21 @@ class StopLayer(nn.Module):
         return code, active
 
     def _variation(self, patches: torch.Tensor, r_cell: torch.Tensor, grid: FrameGrid) -> torch.Tensor:
-        """``W_t = mean over cells of (1 + b r) ||dh||^2 / D`` on layer-normalised tokens, ``[B, T]``."""
-        d = patches.shape[-1]
+        """``W_t = mean over cells of (1 + b r) ||dh||^2 / D`` on layer-normalised tokens, ``[B, T]``.
+
+        ``||a - b||^2 = |a|^2 + |b|^2 - 2 a.b``: squared norms per token, then one dot product
+        per cell and frame pair (cheaper than materialising the differences).
+        """
+        b, t, d = grid.batch, grid.frames, patches.shape[-1]
         h = F.layer_norm(patches.float(), (d,))  # scale-free: W_t means the same at any width
-        cells = h.gather(1, grid.src[..., None].expand(-1, -1, d)).view(grid.batch, grid.frames, -1, d)
-        dh2 = frame_difference(cells).pow(2).mean(dim=-1)  # [B, T, cells]
+        sq = h.pow(2).sum(dim=-1).gather(1, grid.src).view(b, t, -1)  # [B, T, cells]
+        cells = h.gather(1, grid.src[..., None].expand(-1, -1, d)).view(b, t, -1, d)
+        if t < 2:
+            return torch.zeros(b, t, device=patches.device)
+        dots = torch.einsum("btcd,btcd->btc", cells[:, 1:], cells[:, :-1])  # frames t, t-1 for t >= 1
+        dots = torch.cat([dots[:, :1], dots], dim=1)  # frame 0 pairs with frame 1
+        prev_sq = torch.cat([sq[:, 1:2], sq[:, :-1]], dim=1)
+        dh2 = (sq + prev_sq - 2 * dots).clamp_min(0) / d  # [B, T, cells]
         return ((1 + self.cfg.beta * r_cell.float()) * dh2).mean(dim=-1)
 
     def prompt_bias(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -130,9 +130,8 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Build the model a checkpoint describes and load its weights: ``(model, cfg, ckpt)``.
 
-    The model is in eval mode on ``device``. ``ckpt`` is the raw checkpoint dict (its
-    ``metrics``, ``epoch`` ...), without the optimiser state's memory cost mattering here
-    since everything was mapped to CPU first.
+    The model is in eval mode on ``device``; ``ckpt`` is the checkpoint dict as loaded (on
+    CPU), for its ``metrics``, ``epoch`` and so on.
     """
     from tempstop.model import create_unified_model
 
