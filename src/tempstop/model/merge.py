@@ -116,7 +116,8 @@ def plan_merge(
     # keep[g, rank[p]] = p for surviving p; merged-away positions go to a spare last column
     slot = torch.where(kept, rank, torch.full_like(rank, n - r))
     positions = torch.arange(n, device=metric.device).expand(g, n)
-    keep = torch.empty(g, n - r + 1, dtype=torch.long, device=metric.device).scatter_(1, slot, positions)[:, :-1]
+    keep = torch.empty(g, n - r + 1, dtype=torch.long, device=metric.device)
+    keep = keep.scatter_(1, slot, positions)[:, :-1]
     new_pos = rank.scatter(1, src, rank.gather(1, dst))
     return MergePlan(src=src, dst=dst, keep=keep, new_pos=new_pos)
 
