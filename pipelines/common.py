@@ -31,18 +31,23 @@ def add_params_arg(parser: argparse.ArgumentParser) -> None:
 
 def load_params(args: argparse.Namespace) -> UnifiedModelConfig:
     """Load and validate the config named by ``--params`` (once, at the entry point)."""
-    import yaml
-
     path = args.params
     if path is None and Path(DEFAULT_PARAMS).is_file():
         path = DEFAULT_PARAMS
     cfg = UnifiedModelConfig.from_file(path) if path else UnifiedModelConfig()
     if args.overrides:
-        pairs = {}
-        for item in args.overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise SystemExit(f"--set needs KEY=VALUE, got {item!r}")
-            pairs[key.strip()] = yaml.safe_load(value)
-        cfg = cfg.with_overrides(pairs)
+        cfg = cfg.with_overrides(parse_overrides(args.overrides))
     return cfg
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["training.batch_size=4", ...]`` -> ``{"training.batch_size": 4}`` (values are YAML)."""
+    import yaml
+
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set needs KEY=VALUE, got {item!r}")
+        pairs[key.strip()] = yaml.safe_load(value)
+    return pairs

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from pipelines.common import add_params_arg
+from pipelines.common import add_params_arg, parse_overrides
 
 
 def register(sub) -> None:
@@ -68,19 +68,11 @@ def main(args) -> int:
 def _base_config(args, load_params):
     """The ``model`` section of ``--params`` (with ``--set``), else the defaults with ``--set``:
     params.yaml is not read implicitly, as its schedule is the tiny demo model's."""
-    import yaml
-
     from tempstop.config import UnifiedModelConfig
 
     if args.params:
         return load_params(args).model
-    pairs = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set needs KEY=VALUE, got {item!r}")
-        pairs[key.strip()] = yaml.safe_load(value)
-    return UnifiedModelConfig().with_overrides(pairs).model
+    return UnifiedModelConfig().with_overrides(parse_overrides(args.overrides)).model
 
 
 def _model_config(base, args):
