@@ -53,16 +53,23 @@ def test_param_groups_split_lr_and_decay():
     model = FakeModel()
     cfg = TrainingConfig(tempme_lr=1e-3, stop_lr=1e-4, backbone_lr=1e-5, weight_decay=0.2)
     groups = {g["name"]: g for g in build_param_groups(model, cfg)}
-    assert (
-        groups["tempme"]["lr"] == 1e-3 and groups["stop"]["lr"] == 1e-4 and groups["backbone"]["lr"] == 1e-5
-    )
+    assert (groups["tempme"]["lr"], groups["stop"]["lr"], groups["backbone"]["lr"]) == (1e-3, 1e-4, 1e-5)
     assert groups["tempme"]["weight_decay"] == 0.2
     assert all(g["weight_decay"] == 0.0 for n, g in groups.items() if n.endswith("_no_decay"))
     no_decay = {id(p) for n, g in groups.items() if n.endswith("_no_decay") for p in g["params"]}
-    assert id(model.logit_scale) in no_decay and id(model.frame_proj.bias) in no_decay
-    assert id(model.frame_proj.weight) not in no_decay
+    assert id(model.frame_proj.bias) in no_decay and id(model.frame_proj.weight) not in no_decay
+    # The temperature: its own group, no decay, backbone_lr unless logit_scale_lr is set.
+    assert groups["logit_scale"]["params"] == [model.logit_scale]
+    assert groups["logit_scale"]["weight_decay"] == 0.0 and groups["logit_scale"]["lr"] == 1e-5
+    cfg2 = cfg.model_copy(update={"logit_scale_lr": 0.01})
+    assert {g["name"]: g for g in build_param_groups(model, cfg2)}["logit_scale"]["lr"] == 0.01
     assert not wants_decay("visual.positional_embedding", torch.zeros(4, 4))
-    assert group_lrs(build_optimizer(model, cfg)) == {"lr_tempme": 1e-3, "lr_stop": 1e-4, "lr_backbone": 1e-5}
+    assert group_lrs(build_optimizer(model, cfg)) == {
+        "lr_tempme": 1e-3,
+        "lr_stop": 1e-4,
+        "lr_backbone": 1e-5,
+        "lr_logit_scale": 1e-5,
+    }
 
 
 def test_uncovered_parameter_is_an_error():

@@ -1,8 +1,9 @@
 """Optimisers and learning-rate schedules.
 
 - One learning rate per module group (``tempme``, ``stop``, ``backbone``), each split into a
-  decayed and a non-decayed half: biases, norms, ``logit_scale`` and positional / class
-  embeddings get no weight decay (decaying them only pulls them towards zero for no gain).
+  decayed and a non-decayed half: biases, norms and positional / class embeddings get no
+  weight decay (decaying them only pulls them towards zero for no gain). CLIP's temperature
+  ``logit_scale`` is a group of its own (no decay, ``training.logit_scale_lr``).
 - AdamW (torch) or :class:`BertAdam`.
 - Schedules: linear warmup, then cosine, linear or constant. With BertAdam the schedule
   follows pytorch-pretrained-bert's ``warmup_*`` functions instead (see :func:`bert_schedule`).
@@ -115,8 +116,13 @@ def build_param_groups(model: nn.Module, cfg) -> list[dict]:
     names = {id(p): n for n, p in model.named_parameters()}
     lrs = {"tempme": cfg.tempme_lr, "stop": cfg.stop_lr, "backbone": cfg.backbone_lr}
     out = []
+    # The temperature gets its own group (and learning rate, training.logit_scale_lr).
+    scale = [p for p in groups.get("backbone", []) if names.get(id(p), "").endswith("logit_scale")]
+    if scale:
+        lr = cfg.backbone_lr if cfg.logit_scale_lr is None else cfg.logit_scale_lr
+        out.append({"params": scale, "lr": lr, "weight_decay": 0.0, "name": "logit_scale"})
     for group in GROUP_NAMES:
-        params = groups.get(group, [])
+        params = [p for p in groups.get(group, []) if not any(p is q for q in scale)]
         decay = [p for p in params if wants_decay(names.get(id(p), ""), p)]
         no_decay = [p for p in params if not wants_decay(names.get(id(p), ""), p)]
         for suffix, plist, wd in (("", decay, cfg.weight_decay), ("_no_decay", no_decay, 0.0)):
@@ -194,12 +200,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int,
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """Current learning rate of each module group (``lr_tempme``, ``lr_stop``, ``lr_backbone``).
+    """Current learning rate of each group (``lr_tempme``, ``lr_stop``, ``lr_backbone``,
+    ``lr_logit_scale``).
 
     A group the model does not have (e.g. ``stop`` in the meanP baseline) reports 0.0, so
     history rows always carry the same keys.
     """
-    out = {f"lr_{name}": 0.0 for name in GROUP_NAMES}
+    out = {f"lr_{name}": 0.0 for name in (*GROUP_NAMES, "logit_scale")}
     for group in optimizer.param_groups:
         name = group.get("name", "group").removesuffix("_no_decay")
         out[f"lr_{name}"] = float(group["lr"])
