@@ -182,3 +182,43 @@ def test_evaluate_resolves_registry_uris(trained, tmp_path, monkeypatch):
               "--json", str(report), "--no-track", "--no-progress"])  # fmt: skip
     assert rc == 0 and seen == ["models:/tempstop-unified@champion"]
     assert json.loads(report.read_text())["checkpoint"] == "models:/tempstop-unified@champion"
+
+
+def test_train_command_talks_to_the_tracker(fake_model, tmp_path, monkeypatch):
+    """check_tracking before training, metrics every epoch, the best checkpoint registered."""
+    from contextlib import contextmanager
+
+    import pipelines.tracking
+
+    calls = []
+
+    class Recorder:
+        def log_metrics(self, metrics, step=None):
+            calls.append(("metrics", step, metrics["val_t2v_R1"]))
+
+        def log_artifact(self, path, artifact_path=None):
+            calls.append(("artifact", str(path).rsplit("/", 1)[-1]))
+
+        def register_checkpoint(self, path, metrics):
+            calls.append(("register", str(path).rsplit("/", 1)[-1], "val_t2v_R1" in metrics))
+            return "7"
+
+    @contextmanager
+    def open_tracker(cfg, job, run_name=None):
+        calls.append(("open", job, run_name))
+        yield Recorder()
+
+    monkeypatch.setattr(pipelines.tracking, "check_tracking", lambda cfg: calls.append(("check",)))
+    monkeypatch.setattr(pipelines.tracking, "open_tracker", open_tracker)
+    store = write_store(tmp_path / "data", videos=8)
+    rc = cli(["train", "--mode", "joint", "--seed", "5", "--epochs", "2", "--no-progress",
+              "--checkpoint-dir", str(tmp_path / "ck"), "--summary", str(tmp_path / "s.json"),
+              "--set", f"training.train_data_path={store}", "--set", f"training.val_data_path={store}",
+              "--set", "training.batch_size=4"])  # fmt: skip
+    assert rc == 0
+    kinds = [c[0] for c in calls]
+    assert kinds == ["check", "open", "metrics", "metrics", "artifact", "register"]
+    assert calls[1] == ("open", "train", "joint-seed5")
+    assert [c[1] for c in calls if c[0] == "metrics"] == [1, 2]
+    assert calls[-1] == ("register", "best_model.pth", True)
+    assert json.loads((tmp_path / "s.json").read_text())["registered_version"] == "7"
