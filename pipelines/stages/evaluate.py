@@ -127,6 +127,7 @@ def main(args: argparse.Namespace) -> int:
             dsl=dsl,
             dsl_temperature=params.evaluate.dsl_temperature,
             progress=not args.no_progress,
+            gallery=params.evaluate.gallery_queries,
         )
     except (CheckpointError, StoreError, TrackingError, FileNotFoundError, ValueError) as exc:
         print(f"tempstop evaluate: {exc}", file=sys.stderr)

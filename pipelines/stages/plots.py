@@ -4,6 +4,9 @@ Writes into ``--out``:
   recall_at_k.csv       k, t2v, v2t             (DVC plot: recall at K on the evaluated split)
   training_curves.csv   epoch, phase, losses, validation metrics, learning rates per epoch
   recall_at_k.png, training_curves.png          (matplotlib; DVC's HTML plots need a CDN)
+  retrieval_gallery.png  top-5 videos of a few queries as film strips (a placeholder saying
+                         why when the evaluation JSON has no ``gallery`` or its frame store
+                         is unreadable; see :mod:`pipelines.stages.gallery`)
 
 Several ``--history`` files (e.g. the TempMe then the STOP phase of a sequential run) are
 concatenated in order on one epoch axis; a stage that trained nothing writes an empty history.
@@ -16,6 +19,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+from pipelines.stages.gallery import draw_gallery
 
 LOSSES = ("train_loss", "val_loss", "tempme_loss", "stop_loss")
 RECALLS = ("val_t2v_R1", "val_t2v_R5", "val_t2v_R10", "val_v2t_R1")
@@ -200,6 +205,8 @@ def make_plots(eval_json: str | Path, histories: list[str | Path], out: str | Pa
     write_csv(files["curves_csv"], curves, first=("epoch", "phase"))
     plot_recall(recall, evaluation, files["recall_png"])
     plot_curves(curves, files["curves_png"])
+    files["gallery_png"] = out / "retrieval_gallery.png"
+    draw_gallery(evaluation, files["gallery_png"])  # a placeholder when there is nothing to show
     return {k: str(v) for k, v in files.items()}
 
 

@@ -190,6 +190,9 @@ class TrainingConfig(_Section):
     seed: int = 42
     num_workers: int = Field(0, ge=0)
     keep_quadruples: bool = False
+    # Fraction of every batch filled with the groups most similar in caption to a random
+    # anchor (hard negatives for fine distinctions, e.g. the demo's shapes); 0 = off.
+    hard_batches: float = Field(0.0, ge=0, le=1)
     max_bad_steps: int = Field(5, ge=1)
     frames_cache: str = "data/frames_cache"
 
@@ -209,6 +212,9 @@ class EvaluateConfig(_Section):
     dsl: bool = False
     # Softmax temperature of dual-softmax re-ranking (applied to cosine similarities).
     dsl_temperature: float = Field(100.0, gt=0)
+    # Text queries (spread over the split) whose top-5 videos go into the evaluation JSON and
+    # metrics/plots/retrieval_gallery.png; 0 = no gallery.
+    gallery_queries: int = Field(6, ge=0)
 
 
 class TrackingConfig(_Section):

@@ -78,3 +78,36 @@ def test_invalid_arguments():
         GroupedBatchSampler(None, [1] * 8, 2, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="groups"):
         GroupedBatchSampler([0, 1], [1] * 8, 2)
+
+
+def _pair_texts():
+    """40 videos in 10 quadruples; quadruples 2k and 2k+1 share a colour pair, shapes differ."""
+    colours = ["red", "green", "blue", "white", "yellow", "purple", "black", "orange", "pink", "grey"]
+
+    def text(q):
+        k = q // 2
+        return f"a {colours[k]} {'circle' if q % 2 else 'square'} then a {colours[(k + 5) % 10]} triangle"
+
+    return [text(q) for q in GROUPS]
+
+
+def test_hard_batches_put_similar_groups_together():
+    texts = _pair_texts()
+    s = GroupedBatchSampler(GROUPS, [1] * 40, 8, seed=3, texts=texts, hard_fraction=1.0)
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        batches = list(s)
+        assert sorted(i for b in batches for i, _ in b) == list(range(40))  # still a permutation
+        for b in batches:  # each batch: two quadruples that differ in one shape only
+            assert len({GROUPS[i] // 2 for i, _ in b}) == 1
+
+
+def test_hard_batches_are_seeded_and_shard_consistently():
+    texts = _pair_texts()
+    kw = {"texts": texts, "hard_fraction": 0.5}
+    one = GroupedBatchSampler(GROUPS, [2] * 40, 8, seed=4, **kw)
+    assert list(one) == list(GroupedBatchSampler(GROUPS, [2] * 40, 8, seed=4, **kw))
+    ranks = [GroupedBatchSampler(GROUPS, [2] * 40, 4, seed=4, num_replicas=2, rank=r, **kw) for r in range(2)]
+    assert [a + b for a, b in zip(*map(list, ranks), strict=True)] == list(one)
+    with pytest.raises(ValueError, match="texts"):
+        GroupedBatchSampler(GROUPS, [1] * 40, 8, hard_fraction=0.5)

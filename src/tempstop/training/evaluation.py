@@ -21,6 +21,7 @@ from tempstop.training.dataset import PARAGRAPH_MAX_WORDS, VideoDataset, build_q
 from tempstop.training.distributed import DistInfo, gather_shards, shard_indices
 
 CURVE_K = 50
+GALLERY_TOP_K = 5
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -107,13 +108,17 @@ def evaluate_store(
     amp_dtype: torch.dtype | None = None,
     num_workers: int = 0,
     progress: bool = False,
+    gallery: int = 0,
+    return_similarity: bool = False,
 ) -> dict:
     """Retrieval metrics of ``model`` on a frame store.
 
     Sentence level (MSR-VTT, VATEX, demo...): every caption is a query. Paragraph level
     (DiDeMo, ActivityNet): a video's captions joined into one query of up to 64 words.
     Returns the evaluation JSON fields ``num_videos, num_queries, datatype, level, t2v, v2t,
-    recall_curve`` (+ ``t2v_dsl, v2t_dsl`` with ``dsl``) and ``seconds``.
+    recall_curve`` (+ ``t2v_dsl, v2t_dsl`` with ``dsl``; ``gallery``, the top videos of
+    ``gallery`` queries (:func:`gallery_entries`), when ``gallery > 0``) and ``seconds``;
+    with ``return_similarity`` also ``similarity``, the ``[Q, V]`` tensor (for analyses).
     """
     t0 = time.perf_counter()
     was_training = model.training
@@ -149,5 +154,51 @@ def evaluate_store(
     }
     if dsl:
         out.update(dsl_metrics(sim, query_video, dsl_temperature))
+    if gallery > 0:
+        out["gallery"] = gallery_entries(sim, texts, query_video, store.items, gallery, GALLERY_TOP_K)
     out["seconds"] = round(time.perf_counter() - t0, 3)
+    if return_similarity:
+        out["similarity"] = sim
     return out
+
+
+def gallery_entries(
+    sim: torch.Tensor,
+    texts: list[str],
+    query_video: torch.Tensor,
+    store_items: list[dict],
+    n: int,
+    top_k: int = GALLERY_TOP_K,
+) -> list[dict]:
+    """The ``top_k`` videos of ``n`` text queries spread over the split (a retrieval gallery).
+
+    ``sim`` is the ``[Q, V]`` cosine similarity, ``query_video`` the ``[Q]`` index of the
+    video each query describes (one per query at sentence and paragraph level alike) and
+    ``store_items`` the store's index items. Query ``round(j * Q / n)`` is picked for
+    ``j < n`` (at most ``Q`` distinct queries). Returns one entry per picked query:
+    ``{"query", "target": [video index], "target_ids": [video_id], "top": [{"index",
+    "video_id", "score"}]}``, best first; ties keep the video order.
+    """
+    num_queries, num_videos = sim.shape
+    n = min(n, num_queries)
+    if n <= 0 or num_videos == 0:
+        return []
+    picks = list(dict.fromkeys(min(round(j * num_queries / n), num_queries - 1) for j in range(n)))
+    scores, order = torch.sort(sim[picks].float(), dim=1, descending=True, stable=True)  # [n, V]
+    k = min(top_k, num_videos)
+    entries = []
+    for row, q in enumerate(picks):
+        target = [int(query_video[q])]
+        top = [
+            {"index": int(v), "video_id": store_items[int(v)]["video_id"], "score": round(float(s), 4)}
+            for v, s in zip(order[row, :k], scores[row, :k], strict=True)
+        ]
+        entries.append(
+            {
+                "query": texts[q],
+                "target": target,
+                "target_ids": [store_items[v]["video_id"] for v in target],
+                "top": top,
+            }
+        )
+    return entries

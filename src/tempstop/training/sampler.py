@@ -25,6 +25,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from tempstop.training.hard_batches import caption_vectors, hard_group_order
+
 
 class GroupedBatchSampler:
     """Yields per-rank batches of ``(video_index, caption_index)`` pairs.
@@ -40,6 +42,9 @@ class GroupedBatchSampler:
         drop_last: drop the last incomplete global batch (required with several replicas,
             since every rank must see batches of the same size for the gathered loss).
         num_replicas, rank: DDP world size and this process's rank.
+        texts: captions of each video (joined); with ``hard_fraction > 0`` about that fraction
+            of every global batch is filled with the groups most similar in caption to a random
+            anchor group (:mod:`tempstop.training.hard_batches`).
     """
 
     def __init__(
@@ -52,6 +57,8 @@ class GroupedBatchSampler:
         drop_last: bool = True,
         num_replicas: int = 1,
         rank: int = 0,
+        texts: Sequence[str] | None = None,
+        hard_fraction: float = 0.0,
     ) -> None:
         n = len(caption_counts)
         if groups is not None and len(groups) != n:
@@ -78,6 +85,12 @@ class GroupedBatchSampler:
         for i, key in enumerate(keys):
             members.setdefault(key, []).append(i)
         self.groups = [np.asarray(m, dtype=np.int64) for m in members.values()]
+        self.hard_fraction = hard_fraction
+        self.vecs = None
+        if hard_fraction > 0:
+            if texts is None or len(texts) != n:
+                raise ValueError("hard_fraction > 0 needs the captions of every video (texts)")
+            self.vecs = caption_vectors([" ".join(texts[i] for i in g) for g in self.groups])
 
     @property
     def global_batch_size(self) -> int:
@@ -111,7 +124,11 @@ class GroupedBatchSampler:
         rng = np.random.default_rng([self.seed, self.epoch])
         # Captions first, drawn per video in index order, so they do not depend on the order.
         captions = rng.integers(0, self.caption_counts)
-        perm = rng.permutation(len(self.groups))
+        if self.vecs is not None:
+            sizes = np.array([len(g) for g in self.groups])
+            perm = hard_group_order(self.vecs, sizes, self.global_batch_size, self.hard_fraction, rng)
+        else:
+            perm = rng.permutation(len(self.groups))
         order = np.concatenate([rng.permutation(self.groups[g]) for g in perm])
         return order, captions
 

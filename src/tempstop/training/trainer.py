@@ -135,6 +135,8 @@ class UnifiedModelTrainer:
             seed=t.seed,
             num_replicas=info.world_size,
             rank=info.rank,
+            texts=[" ".join(it["captions"]) for it in self.train_store.items],
+            hard_fraction=t.hard_batches,
         )
         self.steps_per_epoch = len(self.sampler) // t.gradient_accumulation_steps
         if self.steps_per_epoch < 1:
