@@ -81,6 +81,31 @@ def grid_to_tokens(g: torch.Tensor, grid: FrameGrid, n_tokens: int, mean: bool) 
     return out
 
 
+def conv3d(conv: nn.Conv3d, g: torch.Tensor) -> torch.Tensor:
+    """``conv(g)`` for ``g`` ``[B, C, T, H, W]`` (stride 1, odd kernels, zero padding).
+
+    On a CPU, PyTorch sends a single video's small Conv3d to a slow im2col path (its fast
+    path needs a batch > 1 or a large input); there the same sum is computed as one Conv2d
+    per temporal offset with the frames as the batch, about 4x faster, same weights.
+    """
+    if g.device.type != "cpu" or g.shape[0] > 1:
+        return conv(g)
+    b, c, t, height, width = g.shape
+    pad_t = conv.padding[0]
+    frames = g.transpose(1, 2).reshape(b * t, c, height, width)  # [B*T, C, H, W]
+    out = torch.zeros(b, t, conv.out_channels, height, width, dtype=g.dtype, device=g.device)
+    for dt in range(conv.kernel_size[0]):
+        y = F.conv2d(frames, conv.weight[:, :, dt], None, 1, conv.padding[1:])
+        y = y.view(b, t, -1, height, width)  # output frame i sees input frame i + dt - pad_t
+        shift = dt - pad_t
+        lo, hi = max(0, -shift), min(t, t - shift)
+        if lo < hi:
+            out[:, lo:hi] += y[:, lo + shift : hi + shift]
+    if conv.bias is not None:
+        out = out + conv.bias.view(1, 1, -1, 1, 1)
+    return out.transpose(1, 2)  # [B, C', T, H, W]
+
+
 def boundary_valid(valid: torch.Tensor) -> torch.Tensor:
     """``[B, T]``: frame t's boundary (t-1 -> t; 0 -> 1 for frame 0) has two real frames."""
     if valid.shape[1] < 2:
@@ -130,32 +155,44 @@ class StopLayer(nn.Module):
         Returns the prompted tokens, the temporal prompts' hidden code ``[B*T, P, h]`` and
         which of them are active ``[B*T, P]`` (None, None without temporal prompts).
         """
-        patches = x[:, 1:]  # [BT, Np, D]
-        z = self.down(self.norm(patches))  # [BT, Np, h]
+        d = x.shape[-1]
+        # Normalised once (on the contiguous sequence: a strided slice is much slower), shared by
+        # the bottleneck (the norm's affine is folded into ``down``) and the frame variation.
+        h_all = F.layer_norm(x, (d,))  # [BT, 1 + Np, D]
+        h = h_all[:, 1:]  # [BT, Np, D]
+        z = self._bottleneck(h_all)[:, 1:]  # [BT, Np, h]: a Linear on the strided slice would copy it
         g = to_grid(z, grid)  # [B, h, T, gh, gw]
         sel, gate = self._select(g, z.shape[1], cls_attn, grid)  # [BT, Ns]
-        feat = self.conv2(F.relu(self.conv1(g)))  # [B, h, T, gh, gw]
+        feat = conv3d(self.conv2, F.relu(conv3d(self.conv1, g)))  # [B, h, T, gh, gw]
         feat = grid_to_tokens(feat, grid, z.shape[1], mean=True)  # [BT, Np, h]
         feat = feat.gather(1, sel[..., None].expand(-1, -1, feat.shape[-1]))  # [BT, Ns, h]
         prompt = self.drop(self.fc2(F.relu(self.fc1(feat)))) * gate[..., None].to(x.dtype)  # [BT, Ns, D]
         # add the prompts to the selected patch tokens (position + 1: CLS comes first)
-        out = x.scatter_add(1, (sel + 1)[..., None].expand(-1, -1, x.shape[-1]), prompt.to(x.dtype))
+        out = x.scatter_add(1, (sel + 1)[..., None].expand(-1, -1, d), prompt.to(x.dtype))
         if self.cfg.max_temporal_prompts == 0:
             return out, None, None
-        patches = out[:, 1:]
-        sel_d = sel[..., None].expand(-1, -1, patches.shape[-1])
+        # Only the N_s prompted tokens changed: renormalise those, not the whole frame.
+        sel_d = sel[..., None].expand(-1, -1, d)
+        h_sel = F.layer_norm((out[:, 1:]).gather(1, sel_d), (d,))  # [BT, Ns, D]
         region = torch.zeros_like(cls_attn).scatter(1, sel, gate.to(cls_attn.dtype))  # [BT, Np], 1 on r_t
-        z = z.scatter(
-            1, sel[..., None].expand(-1, -1, z.shape[-1]), self.down(self.norm(patches.gather(1, sel_d)))
-        )
-        code, active = self._temporal(patches, z, region, grid)
+        z = z.scatter(1, sel[..., None].expand(-1, -1, z.shape[-1]), self._bottleneck(h_sel))
+        with torch.no_grad():
+            h_prompted = h.scatter(1, sel_d, h_sel)  # [BT, Np, D] normalised prompted tokens
+        code, active = self._temporal(h_prompted, z, region, grid)
         return out, code, active
+
+    def _bottleneck(self, h: torch.Tensor) -> torch.Tensor:
+        """``down(norm(x))`` from the normalised ``h = layer_norm(x)``: the norm's affine folded
+        into the Linear (``[..., D] -> [..., h]``), one pass over the tokens instead of two."""
+        weight = self.down.weight * self.norm.weight.to(self.down.weight.dtype)  # [h, D]
+        bias = self.down.bias + self.down.weight @ self.norm.bias.to(self.down.weight.dtype)
+        return F.linear(h, weight.to(h.dtype), bias.to(h.dtype))
 
     def _select(
         self, g: torch.Tensor, n_tokens: int, cls_attn: torch.Tensor, grid: FrameGrid
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-N_s tokens by ``W = a A + (1 - a) M`` and their straight-through gates (value 1)."""
-        m = self.scorer(g).view(-1, grid.gh * grid.gw).float().softmax(dim=-1)  # [BT, gh*gw]
+        m = conv3d(self.scorer, g).view(-1, grid.gh * grid.gw).float().softmax(dim=-1)  # [BT, gh*gw]
         m_tok = torch.zeros_like(cls_attn).scatter_add(1, grid.src, m)  # [BT, Np]
         a_tok = cls_attn / cls_attn.sum(dim=-1, keepdim=True).clamp_min(1e-12)
         alpha = self.cfg.score_alpha
@@ -165,9 +202,10 @@ class StopLayer(nn.Module):
         return sel, 1.0 + w_sel - w_sel.detach()
 
     def _temporal(
-        self, patches: torch.Tensor, z: torch.Tensor, region: torch.Tensor, grid: FrameGrid
+        self, h: torch.Tensor, z: torch.Tensor, region: torch.Tensor, grid: FrameGrid
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inter-frame prompts: hidden code ``[B*T, P, h]`` and active mask ``[B*T, P]``."""
+        """Inter-frame prompts: hidden code ``[B*T, P, h]`` and active mask ``[B*T, P]``;
+        ``h`` ``[B*T, Np, D]``: the layer-normalised prompted tokens."""
         b, t, n_cells = grid.batch, grid.frames, grid.gh * grid.gw
         bvalid = boundary_valid(grid.valid)  # [B, T]
         r_cell = region.gather(1, grid.src).view(b, t, n_cells)  # [B, T, cells]
@@ -180,28 +218,21 @@ class StopLayer(nn.Module):
         code = self.tconv2(F.relu(self.tconv1(code)))[..., 0].permute(0, 2, 3, 1)  # [B, T, P, h]
         code = self.drop(code).reshape(b * t, -1, code.shape[-1])
         with torch.no_grad():
-            variation = self._variation(patches, r_cell, grid)  # [B, T]
+            variation = self._variation(h, r_cell, grid)  # [B, T]
             p = self.cfg.max_temporal_prompts
             n_active = torch.ceil(self.cfg.eta * variation).clamp(0, p) * bvalid
             active = torch.arange(p, device=code.device) < n_active.reshape(-1, 1)  # [BT, P]
         return code, active
 
-    def _variation(self, patches: torch.Tensor, r_cell: torch.Tensor, grid: FrameGrid) -> torch.Tensor:
-        """``W_t = mean over cells of (1 + b r) ||dh||^2 / D`` on layer-normalised tokens, ``[B, T]``.
-
-        ``||a - b||^2 = |a|^2 + |b|^2 - 2 a.b``: squared norms per token, then one dot product
-        per cell and frame pair (cheaper than materialising the differences).
-        """
-        b, t, d = grid.batch, grid.frames, patches.shape[-1]
-        h = F.layer_norm(patches.float(), (d,))  # scale-free: W_t means the same at any width
-        sq = h.pow(2).sum(dim=-1).gather(1, grid.src).view(b, t, -1)  # [B, T, cells]
-        cells = h.gather(1, grid.src[..., None].expand(-1, -1, d)).view(b, t, -1, d)
+    def _variation(self, h: torch.Tensor, r_cell: torch.Tensor, grid: FrameGrid) -> torch.Tensor:
+        """``W_t = mean over cells of (1 + b r) ||dh||^2 / D`` from the layer-normalised tokens
+        ``h`` ``[B*T, Np, D]`` (scale-free: W_t means the same at any width), ``[B, T]``."""
+        b, t, d = grid.batch, grid.frames, h.shape[-1]
         if t < 2:
-            return torch.zeros(b, t, device=patches.device)
-        dots = torch.einsum("btcd,btcd->btc", cells[:, 1:], cells[:, :-1])  # frames t, t-1 for t >= 1
-        dots = torch.cat([dots[:, :1], dots], dim=1)  # frame 0 pairs with frame 1
-        prev_sq = torch.cat([sq[:, 1:2], sq[:, :-1]], dim=1)
-        dh2 = (sq + prev_sq - 2 * dots).clamp_min(0) / d  # [B, T, cells]
+            return torch.zeros(b, t, device=h.device)
+        cells = h.float().gather(1, grid.src[..., None].expand(-1, -1, d)).view(b, t, -1, d)
+        dh2 = torch.linalg.vector_norm(cells[:, 1:] - cells[:, :-1], dim=-1).square() / d  # [B, T-1, cells]
+        dh2 = torch.cat([dh2[:, :1], dh2], dim=1)  # frame 0 pairs with frame 1
         return ((1 + self.cfg.beta * r_cell.float()) * dh2).mean(dim=-1)
 
     def prompt_bias(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
