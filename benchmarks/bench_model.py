@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads (default: 2, or 1 when other processes already load the machine)",
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "model.json"))
+    parser.add_argument(
+        "--b16-iters", type=int, default=3, help="timed steps per ViT-B/16 variant (median; ~1.5 min each)"
+    )
     parser.add_argument("--no-demo", dest="demo", action="store_false", help="skip the tiny demo step timing")
     args = parser.parse_args(argv)
     for key in ("DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"):
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or _default_threads(load_before[0])
     torch.set_num_threads(threads)
     # batch / iterations per backbone: enough to time, short enough for ~10 minutes on 2 cores
-    plan = {"ViT-B-32": (2, 3), "ViT-B-16": (1, 2)}
+    plan = {"ViT-B-32": (2, 3), "ViT-B-16": (1, args.b16_iters)}
     results = []
     for backbone in args.models:
         batch, iters = plan.get(backbone, (1, 1))
