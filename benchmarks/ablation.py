@@ -157,7 +157,7 @@ def markdown(summary: dict) -> str:
 
     head = (
         "| variant | seeds | test t2v R@1 | R@5 | MnR | test v2t R@1 | R@5 | MnR | val t2v R@1 | val v2t R@1 "
-        "| test errors: same quadruple / other (%) | training min (CPU min) |\n"
+        "| test errors: same quadruple / other (%) | training CPU min (wall) |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
@@ -167,7 +167,7 @@ def markdown(summary: dict) -> str:
             f"| {cell(s['test_t2v_MnR'], 2)} | {cell(s['test_v2t_R1'])} | {cell(s['test_v2t_R5'])} "
             f"| {cell(s['test_v2t_MnR'], 2)} | {cell(s['val_t2v_R1'])} | {cell(s['val_v2t_R1'])} "
             f"| {s['test_err_same_quadruple']['mean']:.1f} / {s['test_err_other_quadruple']['mean']:.1f} "
-            f"| {s['train_minutes']['mean']:.1f} ({s['train_cpu_minutes']['mean']:.1f}) |"
+            f"| {s['train_cpu_minutes']['mean']:.1f} ({s['train_minutes']['mean']:.1f}) |"
         )
     return head + "\n".join(rows) + "\n"
 
