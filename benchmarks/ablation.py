@@ -67,7 +67,7 @@ def run_one(variant: str, seed: int, work: Path, frames: Path, epochs: int | Non
     mode, model_variant = VARIANTS[variant]
     out = work / f"{variant}_seed{seed}"
     argv = ["train", "--params", params, "--mode", mode, "--seed", str(seed), "--no-progress",
-            "--checkpoint-dir", str(out), "--summary", str(out / "summary.json"),
+            "--checkpoint-dir", str(out),
             "--set", f"model.variant={model_variant}", "--set", "tracking.enabled=false",
             "--set", f"training.train_data_path={frames / 'train'}",
             "--set", f"training.val_data_path={frames / 'val'}"]  # fmt: skip

@@ -5,8 +5,8 @@ text queries spread over the split, each with its top-5 videos and their cosine 
 the path of the frame store it read (``store``). :func:`draw_gallery` turns it into one row per
 query: the query as the row title and, left to right in rank order, a film strip of each top
 video (frames left to right in time), boxed in thick green for the correct video and thin grey
-for the others. Frames come from the frame store, so the gallery is skipped, with a warning,
-when the store is gone.
+for the others. Frames come from the frame store; when there is no gallery or the store is
+gone, a placeholder picture says why (with a warning for the store), since DVC declares the file.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def load_strips(store_path: str | Path, entries: list[dict[str, Any]]) -> dict[i
     return strips
 
 
-def draw_gallery(evaluation: dict[str, Any], path: Path) -> bool:
-    """Draw ``path`` from ``evaluation["gallery"]``; True when drawn. Without a gallery, or
+def draw_gallery(evaluation: dict[str, Any], path: Path) -> None:
+    """Draw ``path`` from ``evaluation["gallery"]``. Without a gallery, or
     (with a one-line warning on stderr) when its frame store cannot be read, a placeholder
     picture saying why is written instead, so the file a pipeline declares always exists."""
     from pipelines.stages.plots import _pyplot, _save
@@ -69,7 +69,7 @@ def draw_gallery(evaluation: dict[str, Any], path: Path) -> bool:
     entries = evaluation.get("gallery") or []
     if not entries:
         _placeholder(path, "no retrieval gallery: the evaluation was run with evaluate.gallery_queries=0")
-        return False
+        return
     store_path = evaluation.get("store")
     try:
         if not store_path:
@@ -83,7 +83,7 @@ def draw_gallery(evaluation: dict[str, Any], path: Path) -> bool:
             file=sys.stderr,
         )
         _placeholder(path, f"no retrieval gallery: frame store {store_path} is missing or unreadable")
-        return False
+        return
 
     plt = _pyplot()
     cols = max(len(e["top"]) for e in entries)
@@ -118,7 +118,6 @@ def draw_gallery(evaluation: dict[str, Any], path: Path) -> bool:
                 spine.set_color(CORRECT if correct else OTHER)
                 spine.set_linewidth(4 if correct else 1)
     _save(fig, path)
-    return True
 
 
 def _placeholder(path: Path, message: str) -> None:

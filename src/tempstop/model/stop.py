@@ -228,11 +228,8 @@ class StopLayer(nn.Module):
         """``W_t = mean over cells of (1 + b r) ||dh||^2 / D`` from the layer-normalised tokens
         ``h`` ``[B*T, Np, D]`` (scale-free: W_t means the same at any width), ``[B, T]``."""
         b, t, d = grid.batch, grid.frames, h.shape[-1]
-        if t < 2:
-            return torch.zeros(b, t, device=h.device)
         cells = h.float().gather(1, grid.src[..., None].expand(-1, -1, d)).view(b, t, -1, d)
-        dh2 = torch.linalg.vector_norm(cells[:, 1:] - cells[:, :-1], dim=-1).square() / d  # [B, T-1, cells]
-        dh2 = torch.cat([dh2[:, :1], dh2], dim=1)  # frame 0 pairs with frame 1
+        dh2 = torch.linalg.vector_norm(frame_difference(cells), dim=-1).square() / d  # [B, T, cells]
         return ((1 + self.cfg.beta * r_cell.float()) * dh2).mean(dim=-1)
 
     def prompt_bias(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -54,27 +54,28 @@ def hard_group_order(
     order: list[int] = []
     cursor = 0  # position in perm of the next random group
     hard_items = int(round(fraction * batch))
-    while alive.any():
+
+    def take(g: int) -> int:
+        alive[g] = False
+        order.append(int(g))
+        return int(sizes[g])
+
+    def take_random() -> int:
+        nonlocal cursor
         while not alive[perm[cursor]]:
             cursor += 1
-        anchor = perm[cursor]
-        alive[anchor] = False
-        order.append(anchor)
-        filled = int(sizes[anchor])
+        return take(perm[cursor])
+
+    while alive.any():
+        filled = take_random()
+        anchor = order[-1]
         candidates = np.flatnonzero(alive)
         if candidates.size and filled < hard_items:
             sims = vecs[candidates] @ vecs[anchor] + jitter[candidates]
             for g in candidates[np.argsort(-sims)]:
                 if filled >= hard_items:
                     break
-                alive[g] = False
-                order.append(int(g))
-                filled += int(sizes[g])
+                filled += take(g)
         while filled < batch and alive.any():  # the random rest of the batch
-            while not alive[perm[cursor]]:
-                cursor += 1
-            g = perm[cursor]
-            alive[g] = False
-            order.append(int(g))
-            filled += int(sizes[g])
+            filled += take_random()
     return np.asarray(order, dtype=np.int64)

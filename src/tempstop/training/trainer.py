@@ -135,7 +135,7 @@ class UnifiedModelTrainer:
             seed=t.seed,
             num_replicas=info.world_size,
             rank=info.rank,
-            texts=[" ".join(it["captions"]) for it in self.train_store.items],
+            texts=[" ".join(it["captions"]) for it in self.train_store.items] if t.hard_batches > 0 else None,
             hard_fraction=t.hard_batches,
         )
         self.steps_per_epoch = len(self.sampler) // t.gradient_accumulation_steps
