@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +82,17 @@ def history_rows(histories: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``; a file that does not parse is a ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
 def read_history(path: str | Path) -> list[dict[str, Any]]:
     """A history.json (a list of per-epoch dicts); a missing file is an error, empty is fine."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = read_json(path)
     if isinstance(data, dict):  # tolerate {"history": [...]}
         data = data.get("history", [])
     if not isinstance(data, list):
@@ -192,7 +201,7 @@ def make_plots(eval_json: str | Path, histories: list[str | Path], out: str | Pa
     """Write every plot file; returns ``{name: path}``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    evaluation = json.loads(Path(eval_json).read_text(encoding="utf-8"))
+    evaluation = read_json(eval_json)
     recall = recall_rows(evaluation)
     curves = history_rows([read_history(h) for h in histories])
     files = {
@@ -211,7 +220,12 @@ def make_plots(eval_json: str | Path, histories: list[str | Path], out: str | Pa
 
 
 def main(args) -> int:
-    files = make_plots(args.eval_json, args.history, args.out)
+    """Write the plots; exit 2 with a one-line message naming the file that cannot be read."""
+    try:
+        files = make_plots(args.eval_json, args.history, args.out)
+    except (OSError, ValueError) as exc:  # a missing file, or JSON that does not parse
+        print(f"tempstop plots: {exc}", file=sys.stderr)
+        return 2
     for path in files.values():
         print(path)
     return 0

@@ -129,3 +129,15 @@ def _assert_placeholder(path) -> None:
     with Image.open(path) as image:
         width, height = image.size
     assert width <= 700 and height <= 150
+
+
+@pytest.mark.parametrize("content", [None, "{not json"])
+def test_plots_command_names_an_unreadable_evaluation_file(tmp_path, capsys, content):
+    from pipelines.cli import main
+
+    path = tmp_path / "eval.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["plots", "--eval", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tempstop plots:") and str(path) in err[0]
