@@ -145,6 +145,11 @@ class ModelConfig(_Section):
     # open_clip .bin/.pt/.safetensors); null: random init.
     pretrained: str | None = None
     freeze_backbone: bool = False
+    # Freeze the CLIP text tower alone (its LoRA and STOP text prompts still train). Training
+    # from scratch, a text tower that learns collapses every caption distinction the video
+    # tower cannot see yet (the demo's shapes), and then the video tower is never asked for it;
+    # a frozen random text tower keeps every word apart, so the video tower must learn each one.
+    freeze_text: bool = False
     # Frame size the vision tower takes (null: the backbone's own, 224 for ViT-B, 64 for tiny);
     # pretrained position embeddings are interpolated to it.
     image_size: int | None = Field(None, ge=16)
@@ -193,6 +198,10 @@ class TrainingConfig(_Section):
     # Fraction of every batch filled with the groups most similar in caption to a random
     # anchor (hard negatives for fine distinctions, e.g. the demo's shapes); 0 = off.
     hard_batches: float = Field(0.0, ge=0, le=1)
+    # What "similar in caption" means: "model" = cosine of the model's own text embeddings,
+    # recomputed at every epoch start (captions the model finds alike); "words" = TF-IDF of
+    # the caption words (fixed, free, but blind to which words matter).
+    hard_batch_source: Literal["model", "words"] = "model"
     max_bad_steps: int = Field(5, ge=1)
     frames_cache: str = "data/frames_cache"
 

@@ -8,6 +8,7 @@ from model_helpers import random_video, tiny_config
 
 from tempstop.config import StopConfig
 from tempstop.model import create_unified_model
+from tempstop.model.unified import is_text_backbone
 
 CAPTIONS = ["a red circle moves left", "a blue square moves up", "a green triangle moves right"]
 
@@ -64,6 +65,23 @@ def test_frozen_groups_stay_bit_identical(mode, frozen):
             assert torch.equal(p, before[name]), name
         elif p.requires_grad and any(z in name for z in ZERO_INIT):
             assert not torch.equal(p, before[name]), name
+
+
+def test_freeze_text_keeps_the_text_tower_and_trains_the_rest():
+    torch.manual_seed(0)
+    model = create_unified_model(tiny_config(freeze_text=True)).train()
+    model.set_training_mode("joint")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(2):
+        _step(model, opt)
+    text = [n for n, _ in model.named_parameters() if is_text_backbone(n)]
+    assert "clip.token_embedding.weight" in text and "clip.text_projection" in text
+    assert not any(n.startswith("clip.visual.") or "logit_scale" in n for n in text)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not changed & set(text), "a frozen text parameter moved"
+    assert "clip.visual.conv1.weight" in changed and "clip.logit_scale" in changed
+    assert any(n.startswith("tempme.text_lora") and "lora_B" in n for n in changed), "text LoRA still trains"
 
 
 def test_region_scorer_learns_through_the_selection():

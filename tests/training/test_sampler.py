@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tempstop.training.sampler import GroupedBatchSampler
@@ -109,5 +110,39 @@ def test_hard_batches_are_seeded_and_shard_consistently():
     assert list(one) == list(GroupedBatchSampler(GROUPS, [2] * 40, 8, seed=4, **kw))
     ranks = [GroupedBatchSampler(GROUPS, [2] * 40, 4, seed=4, num_replicas=2, rank=r, **kw) for r in range(2)]
     assert [a + b for a, b in zip(*map(list, ranks), strict=True)] == list(one)
-    with pytest.raises(ValueError, match="texts"):
-        GroupedBatchSampler(GROUPS, [1] * 40, 8, hard_fraction=0.5)
+    with pytest.raises(RuntimeError, match="set_group_vectors"):
+        list(GroupedBatchSampler(GROUPS, [1] * 40, 8, hard_fraction=0.5))
+
+
+def test_hard_batches_from_given_vectors():
+    """The model source: vectors set per epoch decide which groups share a batch."""
+    s = GroupedBatchSampler(GROUPS, [1] * 40, 8, seed=5, hard_fraction=1.0)
+    pairs = np.eye(5, dtype=np.float32)[np.arange(10) // 2]  # groups 2k and 2k+1 alike
+    s.set_group_vectors(pairs)
+    assert all(len({GROUPS[i] // 2 for i, _ in b}) == 1 for b in s)
+    shifted = np.eye(5, dtype=np.float32)[(np.arange(10) + 1) % 10 // 2]  # now 2k+1 and 2k+2
+    s.set_group_vectors(shifted)
+    assert all(len({(GROUPS[i] + 1) % 10 // 2 for i, _ in b}) == 1 for b in s)
+    with pytest.raises(ValueError, match="9 groups"):
+        s.set_group_vectors(pairs[:9])
+
+
+def test_model_group_vectors_average_the_model_text_embeddings():
+    import torch
+
+    from tempstop.config import ModelConfig
+    from tempstop.model import create_unified_model
+    from tempstop.training.evaluation import embed_texts
+    from tempstop.training.hard_batches import model_group_vectors
+
+    torch.manual_seed(0)
+    model = create_unified_model(ModelConfig(variant="meanP")).train()
+    texts = ["a red circle", "a red square", "a blue circle", "a blue square"]
+    groups = [np.array([0, 3]), np.array([1, 2])]
+    vecs = model_group_vectors(model, texts, groups, torch.device("cpu"), batch_size=3)
+    assert model.training, "the model's training flag is restored"
+    model.eval()
+    emb = embed_texts(model, texts, torch.device("cpu"))
+    want = torch.nn.functional.normalize(torch.stack([emb[[0, 3]].mean(0), emb[[1, 2]].mean(0)]), dim=-1)
+    assert vecs.shape == (2, emb.shape[1])
+    assert np.allclose(vecs, want.numpy(), atol=1e-5)

@@ -84,14 +84,22 @@ def _same_weights(a: dict, b: dict, atol: float = 0.0) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["joint", "sequential"])
-def test_resume_gives_bit_identical_weights(tiny_demo_root, tmp_path, mode):
+@pytest.mark.parametrize(
+    ("mode", "extra"),
+    [
+        ("joint", {}),
+        ("sequential", {}),
+        # batches composed from the model's own caption embeddings at every epoch start
+        ("joint", {"hard_batches": 0.5, "hard_batch_source": "model", "keep_quadruples": True}),
+    ],
+)
+def test_resume_gives_bit_identical_weights(tiny_demo_root, tmp_path, mode, extra):
     cache = tmp_path / "cache"
     straight = UnifiedModelTrainer(
-        tiny_config(tiny_demo_root, cache, tmp_path / "a", num_epochs=4, mode=mode), progress=False
+        tiny_config(tiny_demo_root, cache, tmp_path / "a", num_epochs=4, mode=mode, **extra), progress=False
     )
     straight.train()
-    cfg_b = tiny_config(tiny_demo_root, cache, tmp_path / "b", num_epochs=4, mode=mode)
+    cfg_b = tiny_config(tiny_demo_root, cache, tmp_path / "b", num_epochs=4, mode=mode, **extra)
     with pytest.raises(_Stop):
         UnifiedModelTrainer(cfg_b, callbacks=[_StopAfter(2)], progress=False).train()
     resumed = UnifiedModelTrainer(cfg_b, resume=tmp_path / "b" / "checkpoint_epoch_2.pth", progress=False)

@@ -194,8 +194,8 @@ class UnifiedTempMeSTOPModel(nn.Module):
 
     def set_training_mode(self, mode: str) -> None:
         """``joint`` (TempMe and STOP train), ``tempme_only`` (STOP frozen), ``stop_only``
-        (TempMe frozen). The backbone trains in every mode unless ``freeze_backbone``.
-        ``sequential`` is the trainer's: tempme_only, then stop_only."""
+        (TempMe frozen). The backbone trains in every mode unless ``freeze_backbone``; its text
+        tower not with ``freeze_text``. ``sequential`` is the trainer's: tempme_only, then stop_only."""
         if mode not in TRAINING_MODES:
             raise ValueError(f"training mode must be one of {', '.join(TRAINING_MODES)}, got {mode!r}")
         trains = {
@@ -203,9 +203,9 @@ class UnifiedTempMeSTOPModel(nn.Module):
             "stop": mode in ("joint", "stop_only"),
             "backbone": not self.cfg.freeze_backbone,
         }
-        for group, params in self.param_groups().items():
-            for p in params:
-                p.requires_grad_(trains[group])
+        for group, named in self.named_param_groups().items():
+            for name, p in named:
+                p.requires_grad_(trains[group] and not (self.cfg.freeze_text and is_text_backbone(name)))
         if not any(p.requires_grad for p in self.parameters()):
             log.warning("variant %s in mode %s has no trainable parameters", self.cfg.variant, mode)
         self.training_mode = mode
@@ -225,6 +225,12 @@ def _stop_layers(cfg: ModelConfig, tempme: TempMe | None, depth: int) -> int:
             f"which must come before the first ClipMe layer and the last block (at most {max(limit, 0)})"
         )
     return cfg.stop.layers
+
+
+def is_text_backbone(name: str) -> bool:
+    """A parameter of CLIP's text tower: everything in CLIP but the vision tower and the
+    temperature (``transformer``, ``token_embedding``, ``ln_final``, ``text_projection``, ...)."""
+    return name.startswith("clip.") and not name.startswith(("clip.visual.", "clip.logit_"))
 
 
 def _group_of(name: str) -> str:

@@ -44,7 +44,8 @@ class GroupedBatchSampler:
         num_replicas, rank: DDP world size and this process's rank.
         texts: captions of each video (joined); with ``hard_fraction > 0`` about that fraction
             of every global batch is filled with the groups most similar in caption to a random
-            anchor group (:mod:`tempstop.training.hard_batches`).
+            anchor group (:mod:`tempstop.training.hard_batches`), by the words of ``texts``, or
+            by vectors given with :meth:`set_group_vectors` (``texts`` None).
     """
 
     def __init__(
@@ -87,14 +88,21 @@ class GroupedBatchSampler:
         self.groups = [np.asarray(m, dtype=np.int64) for m in members.values()]
         self.hard_fraction = hard_fraction
         self.vecs = None
-        if hard_fraction > 0:
-            if texts is None or len(texts) != n:
-                raise ValueError("hard_fraction > 0 needs the captions of every video (texts)")
+        if hard_fraction > 0 and texts is not None:
+            if len(texts) != n:
+                raise ValueError(f"texts has {len(texts)} entries for {n} videos")
             self.vecs = caption_vectors([" ".join(texts[i] for i in g) for g in self.groups])
 
     @property
     def global_batch_size(self) -> int:
         return self.batch_size * self.num_replicas
+
+    def set_group_vectors(self, vecs: np.ndarray) -> None:
+        """Similarity vectors ``[G, D]`` (unit rows, groups in :attr:`groups` order) for the hard
+        batches of the next :meth:`__iter__`; e.g. :func:`~tempstop.training.hard_batches.model_group_vectors`."""
+        if len(vecs) != len(self.groups):
+            raise ValueError(f"got vectors for {len(vecs)} groups, the sampler has {len(self.groups)}")
+        self.vecs = np.asarray(vecs, dtype=np.float32)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order :meth:`__iter__` yields (call before every epoch)."""
@@ -124,7 +132,9 @@ class GroupedBatchSampler:
         rng = np.random.default_rng([self.seed, self.epoch])
         # Captions first, drawn per video in index order, so they do not depend on the order.
         captions = rng.integers(0, self.caption_counts)
-        if self.vecs is not None:
+        if self.hard_fraction > 0:
+            if self.vecs is None:
+                raise RuntimeError("hard batches need group vectors: pass texts or call set_group_vectors")
             sizes = np.array([len(g) for g in self.groups])
             perm = hard_group_order(self.vecs, sizes, self.global_batch_size, self.hard_fraction, rng)
         else:

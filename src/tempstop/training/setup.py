@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tempstop.data.transforms import frames_to_tensor
 from tempstop.training.distributed import DistInfo, barrier
+from tempstop.training.evaluation import autocast
 
 log = logging.getLogger(__name__)
 
@@ -180,3 +182,25 @@ class Runner:
 def wrap_ddp(module: nn.Module, info: DistInfo) -> Runner:
     """A :class:`Runner` over ``module`` (DDP when ``info.distributed``)."""
     return Runner(module, info)
+
+
+@torch.no_grad()
+def preflight(model: nn.Module, val_store, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+    """Embed one validation video and caption now: a mistake in the evaluation path should
+    show in seconds, not after the first epoch."""
+    item = val_store.items[0]
+    if not item["captions"]:
+        raise TrainingError(
+            f"training.val_data_path: {val_store.path}: video {item['video_id']} has no caption"
+        )
+    frames, mask = val_store.load(0)
+    video = frames_to_tensor(torch.from_numpy(frames)[None].to(device))  # [1, T, 3, S, S]
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast(device, amp_dtype):
+            model.encode_video(video, torch.from_numpy(mask)[None].to(device))
+            ids, attn = model.tokenize(item["captions"][:1])
+            model.encode_text(ids.to(device), attn.to(device))
+    finally:
+        model.train(was_training)

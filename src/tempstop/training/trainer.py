@@ -29,6 +29,7 @@ from tempstop.training import outputs
 from tempstop.training.dataset import ClipCaptionDataset, collate, group_ids
 from tempstop.training.distributed import DistInfo, all_reduce_sum, any_true, init_distributed
 from tempstop.training.evaluation import autocast, evaluate_store
+from tempstop.training.hard_batches import model_group_vectors
 from tempstop.training.optim import build_optimizer, build_scheduler, group_lrs
 from tempstop.training.sampler import GroupedBatchSampler
 from tempstop.training.setup import (
@@ -37,6 +38,7 @@ from tempstop.training.setup import (
     check_stores,
     ddp_grad_scale,
     open_store,
+    preflight,
     resolve_amp,
     wrap_ddp,
 )
@@ -135,7 +137,9 @@ class UnifiedModelTrainer:
             seed=t.seed,
             num_replicas=info.world_size,
             rank=info.rank,
-            texts=[" ".join(it["captions"]) for it in self.train_store.items] if t.hard_batches > 0 else None,
+            texts=[" ".join(it["captions"]) for it in self.train_store.items]
+            if t.hard_batches > 0 and t.hard_batch_source == "words"
+            else None,
             hard_fraction=t.hard_batches,
         )
         self.steps_per_epoch = len(self.sampler) // t.gradient_accumulation_steps
@@ -161,29 +165,10 @@ class UnifiedModelTrainer:
         self._resume_state = resume
         if resume is not None:
             self._load_resume(resume)
-        self._preflight()
+        preflight(self.model, self.val_store, self.device, self.amp_dtype)
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.cfg.to_json(self.out_dir / "config.json")
-
-    @torch.no_grad()
-    def _preflight(self) -> None:
-        """Embed one validation video and caption now: a mistake in the evaluation path
-        should show in seconds, not after the first epoch."""
-        item = self.val_store.items[0]
-        if not item["captions"]:
-            raise TrainingError(
-                f"training.val_data_path: {self.val_store.path}: video {item['video_id']} has no caption"
-            )
-        frames, mask = self.val_store.load(0)
-        video = frames_to_tensor(torch.from_numpy(frames)[None].to(self.device))  # [1, T, 3, S, S]
-        was_training = self.model.training
-        self.model.eval()
-        with autocast(self.device, self.amp_dtype):
-            self.model.encode_video(video, torch.from_numpy(mask)[None].to(self.device))
-            ids, attn = self.model.tokenize(item["captions"][:1])
-            self.model.encode_text(ids.to(self.device), attn.to(self.device))
-        self.model.train(was_training)
 
     def _load_resume(self, ckpt: dict) -> None:
         ckpt_io.load_model_weights(self.model, ckpt["model"], str(self.resume_path))
@@ -268,6 +253,12 @@ class UnifiedModelTrainer:
         """One pass over the training data; returns mean losses and gradient norm."""
         t, accum = self.tcfg, self.tcfg.gradient_accumulation_steps
         self.model.train()
+        if t.hard_batches > 0 and t.hard_batch_source == "model":
+            # From the weights at the epoch start: a resumed run computes the same vectors.
+            captions = [it["captions"][0] for it in self.train_store.items]
+            kw = {"batch_size": t.eval_batch_size, "info": self.info, "amp_dtype": self.amp_dtype}
+            vecs = model_group_vectors(self.model, captions, self.sampler.groups, self.device, **kw)
+            self.sampler.set_group_vectors(vecs)
         self.sampler.set_epoch(epoch)
         sums = torch.zeros(4, dtype=torch.float64)  # total, tempme, stop, number of good batches
         norms: list[float] = []
