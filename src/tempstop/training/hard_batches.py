@@ -11,8 +11,8 @@ coarse distinctions are still trained.
 Similarity (``training.hard_batch_source``) is the cosine of either
 - ``model``: the mean of the model's own text embeddings of each group's captions, recomputed
   at every epoch start (:func:`model_group_vectors`). Captions the model finds alike are the
-  distinctions it has not learned: on the demo, 60 % of each group's 3 nearest groups share its
-  colours and motions and differ in shape only, against 7 % with ``words``.
+  distinctions it has not learned: on the demo, 55-70 % of each group's 3 nearest groups share
+  its colours and motion axes and differ in shape, against 7 % with ``words``.
 - ``words``: TF-IDF vectors (binary term frequency) of each group's caption words, over the
   ``max_words`` most frequent words. Fixed and free, but it weighs every word alike, so on the
   demo it pairs groups that differ in motion, which the model already tells apart.
