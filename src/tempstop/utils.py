@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, seeding."""
+"""Small shared helpers: atomic file writes, seeding, a model's train/eval mode for a block."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write JSON (indented, trailing newline) atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+@contextmanager
+def model_mode(model, training: bool = False) -> Iterator[None]:
+    """``model.train(training)`` for the block (eval by default), then its own mode again,
+    also when the block raises."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,4 +1,4 @@
-"""Atomic writes and the CLI dispatcher."""
+"""Atomic writes, model_mode and the CLI dispatcher."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipelines.cli import STAGE_MODULES, build_parser, main
-from tempstop.utils import atomic_write, atomic_write_json
+from tempstop.utils import atomic_write, atomic_write_json, model_mode
 
 
 def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):
@@ -37,3 +37,19 @@ def test_config_error_is_reported_with_key_and_exit_2(tmp_path, capsys):
     bad.write_text(json.dumps({"training": {"batch_sise": 4}}))
     assert main(["extract", "--params", str(bad), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "training.batch_sise" in capsys.readouterr().err
+
+
+def test_model_mode_switches_for_the_block_and_restores_on_error():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5)).train()
+    with model_mode(model):
+        assert not model.training and not model[0].training
+    assert model.training and model[0].training
+    with pytest.raises(RuntimeError), model_mode(model):
+        raise RuntimeError("boom")
+    assert model.training
+    model.eval()
+    with model_mode(model, training=True):
+        assert model.training
+    assert not model.training

@@ -15,6 +15,7 @@ import torch
 from torch.utils import flop_counter
 
 from tempstop.model.unified import GROUPS, UnifiedTempMeSTOPModel
+from tempstop.utils import model_mode
 
 CONVENTION = "GFLOPs = multiply-adds / 1e9 = counted FLOPs / 2 / 1e9 (TempMe/ToMe papers' convention)"
 _CAPTIONS = ["a red circle moves left, then a blue square moves up", "first a green triangle moves right"]
@@ -60,14 +61,10 @@ def visual_gflops(model: UnifiedTempMeSTOPModel, frames: int, size: int | None =
     """Visual GFLOPs (multiply-adds / 1e9) to embed one video of ``frames`` frames at
     inference (weights folded from LoRA and prompt projections are cached, as when serving)."""
     data = dummy_batch(model, 1, frames, size)
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model):
         model.encode_video(data["video"], data["video_mask"])  # builds the folded-weight caches
         with flop_counter_mode() as counter:
             model.encode_video(data["video"], data["video_mask"])
-    finally:
-        model.train(was_training)
     return counter.get_total_flops() / 2 / 1e9
 
 
@@ -75,12 +72,8 @@ def visual_gflops(model: UnifiedTempMeSTOPModel, frames: int, size: int | None =
 def token_schedule(model: UnifiedTempMeSTOPModel, frames: int, size: int | None = None) -> list[dict]:
     """Per layer: sequences per video and tokens per sequence (see ``encode_frames``)."""
     data = dummy_batch(model, 1, frames, size)
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model):
         return model.video_features(data["video"], data["video_mask"], record=True).tokens
-    finally:
-        model.train(was_training)
 
 
 def trainable_parameters(model: UnifiedTempMeSTOPModel) -> dict[str, int]:

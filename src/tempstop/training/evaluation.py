@@ -19,6 +19,7 @@ from tempstop.data.transforms import frames_to_tensor
 from tempstop.metrics import dsl_metrics, retrieval_metrics
 from tempstop.training.dataset import PARAGRAPH_MAX_WORDS, VideoDataset, build_queries, collate, is_paragraph
 from tempstop.training.distributed import DistInfo, gather_shards, shard_indices
+from tempstop.utils import model_mode
 
 CURVE_K = 50
 GALLERY_TOP_K = 5
@@ -121,13 +122,11 @@ def evaluate_store(
     with ``return_similarity`` also ``similarity``, the ``[Q, V]`` tensor (for analyses).
     """
     t0 = time.perf_counter()
-    was_training = model.training
-    model.eval()
     paragraph = is_paragraph(datatype)
     texts, query_video = build_queries(store.items, paragraph)
     if not texts:
         raise ValueError(f"{getattr(store, 'path', store)}: no captions to query with")
-    try:
+    with model_mode(model):
         videos = embed_videos(model, store, device, batch_size, info, amp_dtype, num_workers, progress)
         queries = embed_texts(
             model,
@@ -139,8 +138,6 @@ def evaluate_store(
             amp_dtype,
             progress,
         )
-    finally:
-        model.train(was_training)
     sim = queries @ videos.T  # [Q, V] cosine similarity
     metrics = retrieval_metrics(sim, query_video, curve_k=CURVE_K)
     out = {

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from tempstop.training.evaluation import embed_texts
+from tempstop.utils import model_mode
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -55,12 +56,8 @@ def model_group_vectors(
     indexed by the members in ``groups``) under ``model`` (in eval mode for the pass; its
     training flag is restored). ``embed_kwargs`` go to ``embed_texts`` (batch size, DDP info, AMP);
     with DDP every rank embeds its shard and gets the same gathered result."""
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model):
         emb = embed_texts(model, list(texts), device, **embed_kwargs)  # [N, D], unit rows
-    finally:
-        model.train(was_training)
     vecs = torch.stack([emb[torch.as_tensor(g)].mean(dim=0) for g in groups])  # [G, D]
     return torch.nn.functional.normalize(vecs, dim=-1).numpy()
 

@@ -17,6 +17,7 @@ from torch import nn
 from tempstop.data.transforms import frames_to_tensor
 from tempstop.training.distributed import DistInfo, barrier
 from tempstop.training.evaluation import autocast
+from tempstop.utils import model_mode
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +196,7 @@ def preflight(model: nn.Module, val_store, device: torch.device, amp_dtype: torc
         )
     frames, mask = val_store.load(0)
     video = frames_to_tensor(torch.from_numpy(frames)[None].to(device))  # [1, T, 3, S, S]
-    was_training = model.training
-    model.eval()
-    try:
-        with autocast(device, amp_dtype):
-            model.encode_video(video, torch.from_numpy(mask)[None].to(device))
-            ids, attn = model.tokenize(item["captions"][:1])
-            model.encode_text(ids.to(device), attn.to(device))
-    finally:
-        model.train(was_training)
+    with model_mode(model), autocast(device, amp_dtype):
+        model.encode_video(video, torch.from_numpy(mask)[None].to(device))
+        ids, attn = model.tokenize(item["captions"][:1])
+        model.encode_text(ids.to(device), attn.to(device))
