@@ -7,13 +7,16 @@ import torch
 
 from tempstop.model.merge import (
     MASKED_BIAS,
+    add_rows,
     alternate_split,
     apply_merge,
     clip_split,
     merge_protected,
     merge_sum,
     plan_merge,
+    put_rows,
     size_bias,
+    take_rows,
     tokens_to_keep,
 )
 
@@ -123,3 +126,38 @@ def test_size_bias_is_log_size_and_masks_size_zero():
     assert bias.shape == (1, 1, 1, 3)
     torch.testing.assert_close(bias[0, 0, 0, :2], torch.tensor([1.0, 2.0]).log())
     assert bias[0, 0, 0, 2] == MASKED_BIAS
+
+
+def test_row_helpers_match_gather_and_scatter():
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 5)
+    idx = torch.tensor([[0, 6, 6, 2], [1, 1, 1, 1], [5, 4, 3, 0]])  # repeats accumulate
+    rows = torch.randn(3, 4, 5)
+    expanded = idx[..., None].expand(-1, -1, 5)
+    assert torch.equal(take_rows(x, idx), x.gather(1, expanded))
+    assert torch.equal(take_rows(x[:, :, 0], idx), x[:, :, 0].gather(1, idx))  # [G, N] too
+    torch.testing.assert_close(add_rows(x, idx, rows), x.scatter_add(1, expanded, rows))
+    distinct = torch.tensor([[0, 6, 3, 2], [1, 2, 3, 4], [5, 4, 3, 0]])
+    assert torch.equal(put_rows(x, distinct, rows), x.scatter(1, distinct[..., None].expand(-1, -1, 5), rows))
+    # out of place unless asked; a strided input is fine out of place
+    before = x.clone()
+    add_rows(x, idx, rows)
+    put_rows(x[:, 1:], distinct.clamp_max(5), rows)
+    assert torch.equal(x, before)
+    y = x.clone()
+    assert add_rows(y, idx, rows, inplace=True).data_ptr() == y.data_ptr()
+    torch.testing.assert_close(y, x.scatter_add(1, expanded, rows))
+
+
+def test_row_helpers_pass_gradients_like_gather():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 4, requires_grad=True)
+    idx = torch.tensor([[0, 5, 5], [2, 1, 0]])
+    rows = torch.randn(2, 3, 4, requires_grad=True)
+    weight = torch.randn(2, 6, 4)
+    (add_rows(x, idx, take_rows(x, idx) * rows) * weight).sum().backward()
+    got = (x.grad.clone(), rows.grad.clone())
+    x.grad = rows.grad = None
+    expanded = idx[..., None].expand(-1, -1, 4)
+    (x.scatter_add(1, expanded, x.gather(1, expanded) * rows) * weight).sum().backward()
+    torch.testing.assert_close(got, (x.grad, rows.grad))

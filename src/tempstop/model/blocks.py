@@ -126,28 +126,41 @@ def attention_half(
     if bias is not None:
         bias = bias.to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal and bias is None)
+    # [G, N, H, hd]: on a CPU this is how SDPA lays its output out, so the reshape is free
+    out = out.transpose(1, 2)
     if prompts is not None:
-        out = _add_prompt_attention(out, q, prompts)
-    out = attn.out_proj(out.transpose(1, 2).reshape(g, n, d))
+        out = out + _prompt_attention(q, prompts).transpose(1, 2)
+    out = attn.out_proj(out.reshape(g, n, d))
     res = AttentionOut(x=x + block.ls_1(out))
     if want_keys:
         res.keys = k.mean(dim=1)  # [G, N, hd]
     if want_cls_attn:
-        logits = (q[:, :, :1] @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [G, H, 1, N]
-        if bias is not None:
-            logits = logits + bias
-        res.cls_attn = logits.float().softmax(dim=-1).mean(dim=1)[:, 0]  # [G, N]
+        res.cls_attn = _cls_attention(q, k, bias)
     return res
 
 
-def _add_prompt_attention(out: torch.Tensor, q: torch.Tensor, prompts: PromptKV) -> torch.Tensor:
-    """``out + gate * softmax(q k_p^T / sqrt(hd) + bias) v_p``, ``[G, H, N, hd]``.
+def _cls_attention(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Head-averaged attention of token 0 (CLS) ``[G, N]``, from ``q``, ``k`` ``[G, H, N, hd]``.
+
+    The CLS query's logits are row-wise dot products, computed on the keys in their stored
+    ``[G, N, H, hd]`` layout (a matmul with a single query row would copy the keys first).
+    """
+    logits = (k.transpose(1, 2) * q[:, None, :, 0]).sum(dim=-1).transpose(1, 2)  # [G, H, N]
+    logits = logits * q.shape[-1] ** -0.5
+    if bias is not None:
+        logits = logits + bias[:, 0]  # [G, 1, N]
+    return logits.float().softmax(dim=-1).mean(dim=1)
+
+
+def _prompt_attention(q: torch.Tensor, prompts: PromptKV) -> torch.Tensor:
+    """``gate * softmax(q k_p^T / sqrt(hd) + bias) v_p``, ``[G, H, N, hd]``.
 
     With a handful of prompt keys, plain matmuls beat the fused attention kernel on CPU. The
-    weights are laid out ``[G, H, P, N]`` (a softmax over a short last dim is slow) and the
-    gate is folded into them, so one ``baddbmm`` adds the result in a single pass.
+    logits are laid out ``[G, H, P, N]`` (``k_p @ q^T`` reads ``q`` where it lies; a softmax
+    over a short last dim is slow) and the gate (with the any-active switch) multiplies the
+    ``P`` rows of ``v_p`` rather than the weights.
     """
-    g, heads, n, hd = q.shape
+    g, heads, _, hd = q.shape
     k, v = prompts.k.to(q.dtype), prompts.v.to(q.dtype)  # [G, H, P, hd]
     logits = (k @ q.transpose(-1, -2)) * hd**-0.5  # [G, H, P, N]
     if prompts.bias is not None:
@@ -155,9 +168,7 @@ def _add_prompt_attention(out: torch.Tensor, q: torch.Tensor, prompts: PromptKV)
     gate = prompts.gate.to(q.dtype).view(1, heads, 1, 1)
     if prompts.any_active is not None:
         gate = gate * prompts.any_active.to(q.dtype).view(g, 1, 1, 1)
-    weights = (logits.softmax(dim=2) * gate).reshape(g * heads, -1, n).transpose(1, 2)  # [GH, N, P]
-    out = torch.baddbmm(out.reshape(g * heads, n, hd), weights, v.reshape(g * heads, -1, hd))
-    return out.view(g, heads, n, hd)
+    return logits.softmax(dim=2).transpose(-1, -2) @ (v * gate)
 
 
 def mlp_half(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -122,11 +122,43 @@ def plan_merge(
     return MergePlan(src=src, dst=dst, keep=keep, new_pos=new_pos)
 
 
-def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x[g, idx[g, i]]`` for ``x`` ``[G, N, ...]`` and ``idx`` ``[G, n]``."""
-    if x.dim() == 2:
-        return x.gather(1, idx)
-    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+def _flat_rows(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Positions ``idx`` ``[G, k]`` in sequences of length ``n`` -> rows ``[G * k]`` of the
+    flattened ``[G * n, ...]`` tensor."""
+    return (idx + torch.arange(idx.shape[0], device=idx.device)[:, None] * n).reshape(-1)
+
+
+def take_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[g, idx[g, i]]`` for ``x`` ``[G, N, ...]`` and ``idx`` ``[G, k]`` -> ``[G, k, ...]``.
+
+    ``index_select`` on the flattened rows: on a CPU about 6x faster than ``gather`` with an
+    index expanded over the feature dimension (0.3 vs 1.8 ms for 12 x 181 rows of 768).
+    """
+    g, n = x.shape[:2]
+    rest = x.shape[2:]
+    return x.reshape(g * n, *rest).index_select(0, _flat_rows(idx, n)).view(g, idx.shape[1], *rest)
+
+
+def add_rows(x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``x`` with ``rows[g, i]`` added to ``x[g, idx[g, i]]`` (repeated positions accumulate).
+
+    ``x`` ``[G, N, ...]``, ``idx`` ``[G, k]``, ``rows`` ``[G, k, ...]``; a new tensor unless
+    ``inplace`` (then ``x`` must be contiguous). ``index_add`` on the flattened rows, like
+    :func:`take_rows` much faster on a CPU than ``scatter_add`` with an expanded index.
+    """
+    g, n = x.shape[:2]
+    rest = x.shape[2:]
+    flat = x.view(g * n, *rest) if inplace else x.reshape(g * n, *rest)
+    add = flat.index_add_ if inplace else flat.index_add
+    return add(0, _flat_rows(idx, n), rows.reshape(-1, *rest).to(x.dtype)).view_as(x)
+
+
+def put_rows(x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` ``[G, N, ...]`` with ``x[g, idx[g, i]] = rows[g, i]`` (distinct positions)."""
+    g, n = x.shape[:2]
+    rest = x.shape[2:]
+    flat = x.reshape(g * n, *rest)
+    return flat.index_copy(0, _flat_rows(idx, n), rows.reshape(-1, *rest).to(x.dtype)).view_as(x)
 
 
 def apply_merge(plan: MergePlan, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,16 +166,16 @@ def apply_merge(plan: MergePlan, x: torch.Tensor, size: torch.Tensor) -> tuple[t
 
     A target becomes the size-weighted mean of itself and what merges into it, computed as
     ``x_b + sum s_a (x_a - x_b) / s``: a token that receives nothing (or only size-0 padding)
-    keeps its value bit for bit. Cost: one gather of the surviving tokens plus work on the
+    keeps its value bit for bit. Cost: one copy of the surviving tokens plus work on the
     ``r`` merged pairs, so merging adds little to a layer.
     """
     s_src = size.gather(1, plan.src)  # [G, r]
     total = size.scatter_add(1, plan.dst, s_src)  # [G, N]: target sizes after the merge
     den = total.gather(1, plan.dst).clamp_min(1e-6)  # [G, r]
-    x_src, x_dst = _rows(x, plan.src), _rows(x, plan.dst)  # [G, r, D]
+    x_src, x_dst = take_rows(x, plan.src), take_rows(x, plan.dst)  # [G, r, D]
     delta = (x_src - x_dst) * (s_src / den)[..., None].to(x.dtype)  # [G, r, D]
-    out = _rows(x, plan.keep)  # [G, N - r, D], a new tensor: safe to update in place
-    out.scatter_add_(1, plan.new_pos.gather(1, plan.dst)[..., None].expand_as(delta), delta)
+    out = take_rows(x, plan.keep)  # [G, N - r, D], a new tensor: safe to update in place
+    out = add_rows(out, plan.new_pos.gather(1, plan.dst), delta, inplace=True)
     return out, total.gather(1, plan.keep)
 
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tempstop.config import StopConfig
-from tempstop.model.merge import MASKED_BIAS
+from tempstop.model.merge import MASKED_BIAS, add_rows, put_rows, take_rows
 
 
 @dataclass
@@ -62,7 +62,7 @@ class FrameGrid:
 def to_grid(z: torch.Tensor, grid: FrameGrid) -> torch.Tensor:
     """Token features ``[B*T, Np, c]`` -> patch grid ``[B, c, T, gh, gw]``, padded frames zeroed."""
     c = z.shape[-1]
-    cells = z.gather(1, grid.src[..., None].expand(-1, -1, c))  # [BT, gh*gw, c]
+    cells = take_rows(z, grid.src)  # [BT, gh*gw, c]
     cells = cells * grid.valid.reshape(-1, 1, 1).to(cells.dtype)
     cells = cells.view(grid.batch, grid.frames, grid.gh, grid.gw, c)
     return cells.permute(0, 4, 1, 2, 3).contiguous()
@@ -72,8 +72,7 @@ def grid_to_tokens(g: torch.Tensor, grid: FrameGrid, n_tokens: int, mean: bool) 
     """Patch grid ``[B, c, T, gh, gw]`` -> tokens ``[B*T, Np, c]`` (sum or mean of each token's cells)."""
     c = g.shape[1]
     cells = g.permute(0, 2, 3, 4, 1).reshape(grid.batch * grid.frames, grid.gh * grid.gw, c)
-    idx = grid.src[..., None].expand(-1, -1, c)
-    out = cells.new_zeros(cells.shape[0], n_tokens, c).scatter_add(1, idx, cells)
+    out = add_rows(cells.new_zeros(cells.shape[0], n_tokens, c), grid.src, cells)
     if mean:
         count = torch.zeros(cells.shape[0], n_tokens, device=g.device, dtype=cells.dtype)
         count.scatter_add_(1, grid.src, torch.ones_like(grid.src, dtype=cells.dtype))
@@ -159,25 +158,23 @@ class StopLayer(nn.Module):
         # Normalised once (on the contiguous sequence: a strided slice is much slower), shared by
         # the bottleneck (the norm's affine is folded into ``down``) and the frame variation.
         h_all = F.layer_norm(x, (d,))  # [BT, 1 + Np, D]
-        h = h_all[:, 1:]  # [BT, Np, D]
         z = self._bottleneck(h_all)[:, 1:]  # [BT, Np, h]: a Linear on the strided slice would copy it
         g = to_grid(z, grid)  # [B, h, T, gh, gw]
         sel, gate = self._select(g, z.shape[1], cls_attn, grid)  # [BT, Ns]
         feat = conv3d(self.conv2, F.relu(conv3d(self.conv1, g)))  # [B, h, T, gh, gw]
         feat = grid_to_tokens(feat, grid, z.shape[1], mean=True)  # [BT, Np, h]
-        feat = feat.gather(1, sel[..., None].expand(-1, -1, feat.shape[-1]))  # [BT, Ns, h]
+        feat = take_rows(feat, sel)  # [BT, Ns, h]
         prompt = self.drop(self.fc2(F.relu(self.fc1(feat)))) * gate[..., None].to(x.dtype)  # [BT, Ns, D]
         # add the prompts to the selected patch tokens (position + 1: CLS comes first)
-        out = x.scatter_add(1, (sel + 1)[..., None].expand(-1, -1, d), prompt.to(x.dtype))
+        out = add_rows(x, sel + 1, prompt)
         if self.cfg.max_temporal_prompts == 0:
             return out, None, None
         # Only the N_s prompted tokens changed: renormalise those, not the whole frame.
-        sel_d = sel[..., None].expand(-1, -1, d)
-        h_sel = F.layer_norm((out[:, 1:]).gather(1, sel_d), (d,))  # [BT, Ns, D]
+        h_sel = F.layer_norm(take_rows(out, sel + 1), (d,))  # [BT, Ns, D]
         region = torch.zeros_like(cls_attn).scatter(1, sel, gate.to(cls_attn.dtype))  # [BT, Np], 1 on r_t
-        z = z.scatter(1, sel[..., None].expand(-1, -1, z.shape[-1]), self._bottleneck(h_sel))
+        z = put_rows(z, sel, self._bottleneck(h_sel))
         with torch.no_grad():
-            h_prompted = h.scatter(1, sel_d, h_sel)  # [BT, Np, D] normalised prompted tokens
+            h_prompted = put_rows(h_all, sel + 1, h_sel)  # [BT, 1 + Np, D] normalised prompted tokens
         code, active = self._temporal(h_prompted, z, region, grid)
         return out, code, active
 
@@ -205,7 +202,7 @@ class StopLayer(nn.Module):
         self, h: torch.Tensor, z: torch.Tensor, region: torch.Tensor, grid: FrameGrid
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inter-frame prompts: hidden code ``[B*T, P, h]`` and active mask ``[B*T, P]``;
-        ``h`` ``[B*T, Np, D]``: the layer-normalised prompted tokens."""
+        ``h`` ``[B*T, 1 + Np, D]``: the layer-normalised prompted tokens, CLS first."""
         b, t, n_cells = grid.batch, grid.frames, grid.gh * grid.gw
         bvalid = boundary_valid(grid.valid)  # [B, T]
         r_cell = region.gather(1, grid.src).view(b, t, n_cells)  # [B, T, cells]
@@ -226,10 +223,15 @@ class StopLayer(nn.Module):
 
     def _variation(self, h: torch.Tensor, r_cell: torch.Tensor, grid: FrameGrid) -> torch.Tensor:
         """``W_t = mean over cells of (1 + b r) ||dh||^2 / D`` from the layer-normalised tokens
-        ``h`` ``[B*T, Np, D]`` (scale-free: W_t means the same at any width), ``[B, T]``."""
+        ``h`` ``[B*T, 1 + Np, D]`` (CLS first; scale-free: W_t means the same at any width),
+        ``[B, T]``."""
         b, t, d = grid.batch, grid.frames, h.shape[-1]
-        cells = h.float().gather(1, grid.src[..., None].expand(-1, -1, d)).view(b, t, -1, d)
-        dh2 = torch.linalg.vector_norm(frame_difference(cells), dim=-1).square() / d  # [B, T, cells]
+        if t < 2:
+            return h.new_zeros(b, t, dtype=torch.float32)
+        cells = take_rows(h, grid.src + 1).float().view(b, t, -1, d)  # [B, T, cells, D]
+        # boundaries t-1 -> t for t >= 1; frame 0's (0 -> 1) is the same as frame 1's
+        dh2 = torch.linalg.vector_norm(cells[:, 1:] - cells[:, :-1], dim=-1).square() / d  # [B, T-1, cells]
+        dh2 = torch.cat([dh2[:, :1], dh2], dim=1)  # [B, T, cells]
         return ((1 + self.cfg.beta * r_cell.float()) * dh2).mean(dim=-1)
 
     def prompt_bias(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
