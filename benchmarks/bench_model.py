@@ -141,7 +141,7 @@ def goals(result: dict) -> dict:
         out[name] = {"value": round(value, 4), "target": f"{op} {target}", "met": met}
     # The variants run round-robin, so each round's meanP and unified steps ran seconds apart
     # under the same load: the per-round ratios show how much of the spread is noise.
-    rounds = zip(m.get("inference_step_seconds", []), u.get("inference_step_seconds", []), strict=True)
+    rounds = zip(m["inference_step_seconds"], u["inference_step_seconds"], strict=True)
     out["inference_speed_vs_meanP"]["per_round"] = [round(tm / tu, 4) for tm, tu in rounds]
     return out
 
@@ -194,11 +194,10 @@ def markdown(results: list[dict]) -> str:
         lines += ["", "| goal (unified) | measured | target | met |", "|---|---:|---|---|"]
         for name, g in res["goals"].items():
             lines.append(f"| {name} | {g['value']:.3f} | {g['target']} | {'yes' if g['met'] else 'NO'} |")
-        per_round = res["goals"]["inference_speed_vs_meanP"].get("per_round")
-        if per_round:
-            lines.append(
-                f"\nunified / meanP inference speed per round-robin round: {', '.join(f'{r:.3f}' for r in per_round)}"
-            )
+        per_round = res["goals"]["inference_speed_vs_meanP"]["per_round"]
+        lines.append(
+            f"\nunified / meanP inference speed per round-robin round: {', '.join(f'{r:.3f}' for r in per_round)}"
+        )
         lines.append("")
     return "\n".join(lines)
 

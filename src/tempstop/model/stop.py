@@ -165,16 +165,16 @@ class StopLayer(nn.Module):
         feat = grid_to_tokens(feat, grid, z.shape[1], mean=True)  # [BT, Np, h]
         feat = take_rows(feat, sel)  # [BT, Ns, h]
         prompt = self.drop(self.fc2(F.relu(self.fc1(feat)))) * gate[..., None].to(x.dtype)  # [BT, Ns, D]
-        # add the prompts to the selected patch tokens (position + 1: CLS comes first)
-        out = add_rows(x, sel + 1, prompt)
+        pos = sel + 1  # the selected tokens' positions in the sequence (CLS comes first)
+        out = add_rows(x, pos, prompt)  # prompts added to the selected patch tokens
         if self.cfg.max_temporal_prompts == 0:
             return out, None, None
         # Only the N_s prompted tokens changed: renormalise those, not the whole frame.
-        h_sel = F.layer_norm(take_rows(out, sel + 1), (d,))  # [BT, Ns, D]
+        h_sel = F.layer_norm(take_rows(out, pos), (d,))  # [BT, Ns, D]
         region = torch.zeros_like(cls_attn).scatter(1, sel, gate.to(cls_attn.dtype))  # [BT, Np], 1 on r_t
         z = put_rows(z, sel, self._bottleneck(h_sel))
         with torch.no_grad():
-            h_prompted = put_rows(h_all, sel + 1, h_sel)  # [BT, 1 + Np, D] normalised prompted tokens
+            h_prompted = put_rows(h_all, pos, h_sel)  # [BT, 1 + Np, D] normalised prompted tokens
         code, active = self._temporal(h_prompted, z, region, grid)
         return out, code, active
 
