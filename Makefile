@@ -25,7 +25,7 @@ RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 comma := ,
 
 .PHONY: setup demo smoke metrics test test-fast lint clean mlflow-ui tensorboard \
-	prefect-server prefect-worker deploy
+	prefect-server prefect-worker deploy gpu-check
 
 setup: $(STAMP)
 
@@ -92,3 +92,8 @@ lint: setup
 
 clean:
 	rm -rf data/demo data/frames data/frames_cache outputs reports metrics checkpoints
+
+# On a CUDA machine: AMP (bf16/fp16) memory and speed, inference vs meanP, NCCL DDP, TempMe parity
+# (benchmarks/results/gpu.json). Without a GPU it says so and exits 0.
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py

@@ -13,6 +13,7 @@ import sys
 STAGE_MODULES = [
     "demo_data",
     "import_dataset",
+    "import_checkpoint",
     "validate",
     "extract",
     "profile",

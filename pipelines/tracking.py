@@ -390,4 +390,4 @@ def open_tracker(cfg: Any, job: str, run_name: str | None = None) -> Iterator[Tr
 
 
 # The registry side lives in pipelines/registry.py; re-exported here, the stages' one import.
-from pipelines.registry import MODEL_CACHE, resolve_model_uri  # noqa: E402,F401
+from pipelines.registry import resolve_model_uri  # noqa: E402,F401

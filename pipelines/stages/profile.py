@@ -81,7 +81,8 @@ def _model_config(base, args):
     freeze = args.freeze_backbone
     if freeze is None:
         freeze = args.model != "tempstop-tiny" and args.variant != "meanP"
-    update = {"backbone": args.model, "variant": args.variant, "freeze_backbone": freeze, "pretrained": None}
+    update = {"backbone": args.model, "variant": args.variant, "freeze_backbone": freeze, "pretrained": None,
+              "frames": args.frames}  # fmt: skip
     if args.size is not None:
         update["image_size"] = args.size
     return ModelConfig.model_validate({**base.model_dump(), **update})

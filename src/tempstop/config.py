@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Datatype = Literal["msrvtt", "didemo", "activitynet", "vatex", "demo", "custom"]
 TrainingMode = Literal["joint", "tempme_only", "stop_only", "sequential"]
+#: Every training mode (the one list: config, model, trainer, CLI and flow use it).
+TRAINING_MODES: tuple[str, ...] = get_args(TrainingMode)
+#: The modes a model trains in (``set_training_mode``); ``sequential`` is the trainer's
+#: ``tempme_only`` phase followed by a ``stop_only`` phase.
+MODEL_MODES: tuple[str, ...] = ("joint", "tempme_only", "stop_only")
+#: Parameter groups, each with its own learning rate (``training.<group>_lr``).
+PARAM_GROUPS: tuple[str, ...] = ("tempme", "stop", "backbone")
 Variant = Literal["unified", "tempme", "stop", "meanP"]
 
 #: Datasets evaluated paragraph-to-video (captions of a video joined into one query).
@@ -74,9 +81,9 @@ class ValidateConfig(_Section):
 
 
 class ExtractConfig(_Section):
-    """Frame pre-extraction: ``frames`` uniformly sampled frames, resized and centre-cropped."""
+    """Frame pre-extraction: ``model.frames`` uniformly sampled frames per video, resized to
+    ``size`` and centre-cropped."""
 
-    frames: int = Field(8, ge=1)
     size: int = Field(64, ge=8)
     workers: int = Field(2, ge=1)
     timeout_s: float = Field(120.0, gt=0)
@@ -84,26 +91,34 @@ class ExtractConfig(_Section):
 
 
 class TempMeConfig(_Section):
-    """TempMe schedule (DESIGN section 2). Paper defaults are for ViT-B/32, 12 frames.
+    """TempMe schedule (DESIGN section 2), computed as the official code does (the parity
+    fixture in tests/fixtures/tempme states each rule with its file and line).
 
-    ``imgme_layers`` / ``clipme_layers`` ``None`` (default) follow the paper's pattern for any
-    depth: ClipMe on the ``len(clipme_k)`` layers before the last, ImgMe on all layers before
-    those (12 layers: ImgMe 0-7, ClipMe 8, 9, 10). Merges keep ``ceil(n * keep)`` tokens,
-    CLS tokens included in ``n``. Frames that do not divide into ``clipme_k`` groups are
-    padded with empty (masked) clips.
+    Layers ``imgme_layers`` merge ``imgme_r`` pairs per frame after attention (ToMe). Each
+    ClipMe layer ``clipme_layers[j]`` joins ``clipme_k[j]`` consecutive sequences, merges
+    ``int(cross_merge * n)`` of the ``n`` joined tokens before attention (similarity on the
+    residual stream) and ``int(intra_merge * n')`` after it (similarity on keys); later layers
+    only do the latter. Every merge is also capped at half the non-CLS tokens.
+
+    ``None`` means the paper's choice: layer lists follow its pattern for any depth (ClipMe on
+    the ``len(clipme_k)`` layers before the last, ImgMe on all layers before those: 0-7 and
+    8, 9, 10 for 12 layers); ``imgme_r``/``cross_merge``/``intra_merge`` take the preset of
+    the backbone's patch size (:data:`TEMPME_PRESETS`: patch 16 -> ViT-B/16's, 127 output
+    tokens for 12 frames; otherwise ViT-B/32's, 97 output tokens).
     """
 
     enabled: bool = True
     lora_rank: int = Field(8, ge=0)
+    # The LoRA update is scaled by lora_alpha / lora_rank; the official code does not scale
+    # (alpha = rank).
     lora_alpha: float = 8.0
     lora_text: bool = True
     imgme_layers: list[int] | None = None
-    imgme_r: int = Field(2, ge=0)
+    imgme_r: int | None = Field(None, ge=0)
     clipme_layers: list[int] | None = None
     clipme_k: list[int] = Field(default_factory=lambda: [2, 2, 3])
-    cross_keep: float = Field(0.7, gt=0, le=1)
-    intra_keep: float = Field(0.9, gt=0, le=1)
-    final_intra_keep: float = Field(0.9, gt=0, le=1)
+    cross_merge: float | None = Field(None, ge=0, lt=1)
+    intra_merge: float | None = Field(None, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _check_schedule(self) -> TempMeConfig:
@@ -115,6 +130,13 @@ class TempMeConfig(_Section):
         if any(k < 1 for k in self.clipme_k):
             raise ValueError(f"clipme_k values must be >= 1, got {self.clipme_k}")
         return self
+
+
+#: The papers' TempMe schedules by patch size: ``(imgme_r, cross_merge, intra_merge)``.
+#: Patch 32 (ViT-B/32, official main.py defaults: tome_r 2, merge_token_proportion 30-10):
+#: 50 -> 34 tokens per frame, 97 output tokens for 12 frames. Patch 16 (ViT-B/16): the
+#: schedule that gives the paper's 127 output tokens and ~121 GFLOPs (README, "The model").
+TEMPME_PRESETS: dict[int, tuple[int, float, float]] = {32: (2, 0.3, 0.1), 16: (10, 0.4, 0.2)}
 
 
 class StopConfig(_Section):
@@ -137,10 +159,31 @@ class StopConfig(_Section):
     text_prompts: int = Field(0, ge=0)
 
 
+class BackboneArchitecture(_Section):
+    """An OpenAI-layout CLIP ViT described by its numbers (as read from a checkpoint's weights,
+    e.g. by ``tempstop import-checkpoint``); heads are ``width // 64`` as in OpenAI's CLIP."""
+
+    embed_dim: int = Field(ge=1)
+    image_size: int = Field(ge=1)
+    patch_size: int = Field(ge=1)
+    vision_width: int = Field(ge=64)
+    vision_layers: int = Field(ge=1)
+    context_length: int = Field(ge=1)
+    vocab_size: int = Field(ge=1)
+    text_width: int = Field(ge=64)
+    text_layers: int = Field(ge=1)
+
+
 class ModelConfig(_Section):
     """Backbone plus the TempMe and STOP modules."""
 
+    # An open_clip model name (ViT-B-32, ViT-B-16, the packaged tempstop-tiny); with
+    # ``architecture`` set, only the name of that architecture.
     backbone: str = "tempstop-tiny"
+    architecture: BackboneArchitecture | None = None
+    # Frames per video: the model's input length (TempMe's max_frames; its clip positional
+    # embeddings have one row per frame) and the number of frames extraction samples.
+    frames: int = Field(12, ge=1)
     # An open_clip tag ("openai": needs internet) or a local checkpoint file (OpenAI .pt,
     # open_clip .bin/.pt/.safetensors); null: random init.
     pretrained: str | None = None

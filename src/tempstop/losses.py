@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 #: CLIP clamps the learned temperature at 100.
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -55,3 +56,40 @@ def symmetric_infonce(text: torch.Tensor, video: torch.Tensor, logit_scale: torc
     v2t = scale * video @ all_text.T  # [B, B_global]
     labels = torch.arange(text.shape[0], device=text.device) + rank * text.shape[0]
     return (F.cross_entropy(t2v.float(), labels) + F.cross_entropy(v2t.float(), labels)) / 2
+
+
+class RetrievalLoss(nn.Module):
+    """The unified model's training losses from its outputs (DESIGN section 4).
+
+    ``outputs`` is what :meth:`UnifiedTempMeSTOPModel.forward` returns: ``text`` ``[B, E]``,
+    ``video`` (the retrieval embedding), ``tempme_video`` / ``stop_video`` (the embeddings
+    each module's loss scores, None when the variant lacks the module) and ``logit_scale``.
+    Returns ``{"tempme_loss", "stop_loss", "total_loss"}``: with both modules ``total =
+    tempme_weight * tempme_loss + stop_weight * stop_loss``; with one, its loss; with none
+    (meanP), the loss of ``video``. A missing module's loss is reported as 0.
+    """
+
+    def __init__(self, tempme_weight: float = 1.0, stop_weight: float = 1.0) -> None:
+        super().__init__()
+        self.tempme_weight = float(tempme_weight)
+        self.stop_weight = float(stop_weight)
+
+    def forward(self, outputs: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        text, scale = outputs["text"], outputs["logit_scale"]
+        losses = {
+            name: symmetric_infonce(text, outputs[f"{name}_video"], scale)
+            for name in ("tempme", "stop")
+            if outputs.get(f"{name}_video") is not None
+        }
+        if len(losses) == 2:
+            total = self.tempme_weight * losses["tempme"] + self.stop_weight * losses["stop"]
+        elif losses:
+            total = next(iter(losses.values()))
+        else:
+            total = symmetric_infonce(text, outputs["video"], scale)
+        zero = total.detach().new_zeros(())
+        return {
+            "tempme_loss": losses.get("tempme", zero),
+            "stop_loss": losses.get("stop", zero),
+            "total_loss": total,
+        }

@@ -64,3 +64,32 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+class UnreadableFileError(ValueError):
+    """A file could not be read as a weights-only PyTorch file; the message is one line."""
+
+
+def load_weights_only(path: str | Path, map_location: str = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming ``path``: a pickle
+    that would run code is refused (never loaded with ``weights_only=False``), a file that is
+    no PyTorch file says so."""
+    import pickle
+    import re
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n|$)", text)
+        reason = found.group(1).strip() if found else (text.strip().splitlines() or ["unreadable"])[0]
+        if "Unsupported global" in reason:
+            raise UnreadableFileError(
+                f"{path}: refused: loading it would run pickled code ({reason}); only weights-only files are read"
+            ) from None
+        raise UnreadableFileError(f"{path}: not a PyTorch weights file ({reason})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnreadableFileError(f"{path}: not a readable PyTorch file ({first})") from None

@@ -49,21 +49,23 @@ def test_eot_pooling_ignores_trailing_padding(model):
     torch.testing.assert_close(full, by_argmax, rtol=0, atol=1e-6)
 
 
-def test_loss_is_weighted_sum(model):
+def test_forward_returns_embeddings_and_the_loss_module_weighs_them():
+    cfg = UnifiedModelConfig(model=tiny_config())
+    cfg.training.tempme_loss_weight, cfg.training.stop_loss_weight = 0.25, 2.0
+    torch.manual_seed(0)
+    model = create_unified_model(cfg)
     ids, mask = model.tokenize(["a", "b", "c"])
     video, vmask = random_video(3), torch.ones(3, 8)
     with torch.no_grad():
-        out = model.compute_training_loss(
-            video, vmask, ids, mask, tempme_loss_weight=0.25, stop_loss_weight=2.0
-        )
+        emb = model(video, vmask, ids, mask)
+        out = model.compute_training_loss(video, vmask, ids, mask)
+    assert {k for k, v in emb.items() if v is not None} == {"text", "video", "tempme_video", "stop_video", "logit_scale"}
+    assert emb["video"].shape == emb["stop_video"].shape == (3, model.embed_dim)
+    assert emb["tempme_video"] is emb["video"]
+    assert not torch.allclose(emb["video"], emb["stop_video"])  # final vs pre-ClipMe embedding
+    torch.testing.assert_close(out, model.loss(emb))
     torch.testing.assert_close(out["total_loss"], 0.25 * out["tempme_loss"] + 2.0 * out["stop_loss"])
-    assert out["tempme_loss"] != out["stop_loss"]  # final vs pre-ClipMe embedding
-
-
-def test_weights_come_from_a_full_config():
-    cfg = UnifiedModelConfig(model=tiny_config())
-    cfg.training.tempme_loss_weight, cfg.training.stop_loss_weight = 0.5, 3.0
-    assert create_unified_model(cfg).loss_weights == {"tempme": 0.5, "stop": 3.0}
+    assert out["tempme_loss"] != out["stop_loss"]
 
 
 @pytest.mark.parametrize(

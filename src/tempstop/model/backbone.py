@@ -1,9 +1,12 @@
 """The CLIP backbone: an open_clip model, optionally with pretrained weights.
 
 ``pretrained`` is an open_clip tag (``"openai"``; needs internet) or a local checkpoint file:
-an OpenAI TorchScript ``.pt`` or an open_clip state dict (``.bin``, ``.pt``, ``.pth``,
-``.safetensors``). The tiny test/demo architecture ``tempstop-tiny`` ships as a JSON config in
-``tempstop/model_configs`` and is registered with open_clip on first use.
+an OpenAI TorchScript ``.pt``, an open_clip state dict (``.bin``, ``.pt``, ``.pth``,
+``.safetensors``) or a CLIP4Clip-family checkpoint (CLIP weights under ``clip.``). The tiny
+test/demo architecture ``tempstop-tiny`` ships as a JSON config in ``tempstop/model_configs``
+and is registered with open_clip on first use. ``model.architecture`` builds an OpenAI-layout
+ViT from its numbers instead of a named config (what :func:`architecture_from_weights` reads
+off a state dict, as open_clip's OpenAI loader does).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tempstop.config import BackboneArchitecture, ModelConfig
 from tempstop.model.blocks import check_block
 
 log = logging.getLogger(__name__)
@@ -39,43 +43,108 @@ def register_model_configs() -> None:
         _registered = True
 
 
-def create_clip(
-    name: str,
-    pretrained: str | None = None,
-    context_length: int = 32,
-    image_size: int | None = None,
-    quick_gelu: bool | None = None,
-) -> nn.Module:
-    """Build the open_clip CLIP model ``name`` and load ``pretrained`` weights if given.
+def create_clip(cfg: ModelConfig) -> nn.Module:
+    """Build the open_clip CLIP of ``cfg`` (``backbone`` or ``architecture``) and load
+    ``pretrained`` weights if given.
 
-    ``context_length`` sets the text positional embedding (= max words); longer pretrained
-    embeddings are truncated, as CLIP4Clip does. ``quick_gelu`` ``None`` picks it from the
-    weights: OpenAI weights (tag ``openai`` or a TorchScript file) were trained with QuickGELU.
+    ``max_words`` sets the text positional embedding; longer pretrained embeddings are
+    truncated, as CLIP4Clip does. ``quick_gelu`` ``None`` picks it from the weights: OpenAI
+    weights (tag ``openai``, a TorchScript file, a CLIP4Clip-family ``clip.`` state dict, an
+    imported architecture) were trained with QuickGELU.
     """
     import open_clip
 
     register_model_configs()
-    if name not in open_clip.list_models():
+    if cfg.architecture is None and cfg.backbone not in open_clip.list_models():
         raise ValueError(
-            f"model.backbone: unknown open_clip model {name!r} (e.g. ViT-B-32, ViT-B-16, tempstop-tiny)"
+            f"model.backbone: unknown open_clip model {cfg.backbone!r} (e.g. ViT-B-32, ViT-B-16, tempstop-tiny)"
         )
-    path = resolve_pretrained(name, pretrained)
+    path = resolve_pretrained(cfg.backbone, cfg.pretrained)
+    quick_gelu = cfg.quick_gelu
     if quick_gelu is None:
-        quick_gelu = pretrained == "openai" or (path is not None and is_torchscript(path))
-    with quiet_open_clip():
-        model = open_clip.create_model(
-            name,
-            pretrained=None,
-            force_quick_gelu=bool(quick_gelu),
-            force_context_length=context_length,
-            force_image_size=image_size,
+        quick_gelu = (
+            cfg.pretrained == "openai" or cfg.architecture is not None or (path is not None and is_openai_format(path))
         )
+    with quiet_open_clip():
+        if cfg.architecture is not None:
+            model = _clip_from_architecture(cfg.architecture, cfg.max_words, cfg.image_size, bool(quick_gelu))
+        else:
+            model = open_clip.create_model(
+                cfg.backbone,
+                pretrained=None,
+                force_quick_gelu=bool(quick_gelu),
+                force_context_length=cfg.max_words,
+                force_image_size=cfg.image_size,
+            )
     for block in [*model.visual.transformer.resblocks, *model.transformer.resblocks]:
         check_block(block)
     if path is not None:
         load_clip_weights(model, path)
-        log.info("loaded backbone weights for %s from %s", name, path)
+        log.info("loaded backbone weights for %s from %s", cfg.backbone, path)
     return model
+
+
+def _clip_from_architecture(
+    arch: BackboneArchitecture, context_length: int, image_size: int | None, quick_gelu: bool
+) -> nn.Module:
+    """An open_clip ``CLIP`` with OpenAI's layout and the numbers of ``arch`` (heads = width // 64)."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    vision = CLIPVisionCfg(
+        layers=arch.vision_layers,
+        width=arch.vision_width,
+        head_width=64,
+        patch_size=arch.patch_size,
+        image_size=image_size or arch.image_size,
+    )
+    text = CLIPTextCfg(
+        context_length=min(context_length, arch.context_length),
+        vocab_size=arch.vocab_size,
+        width=arch.text_width,
+        heads=arch.text_width // 64,
+        layers=arch.text_layers,
+    )
+    return CLIP(arch.embed_dim, vision, text, quick_gelu=quick_gelu)
+
+
+def architecture_from_weights(state: dict[str, torch.Tensor], source: str) -> BackboneArchitecture:
+    """The numbers of an OpenAI-layout CLIP ViT read off its state dict (unprefixed keys)."""
+
+    def shape(key: str) -> torch.Size:
+        if key not in state:
+            raise ValueError(f"{source}: no {key!r}: not the weights of an OpenAI-layout CLIP ViT")
+        return state[key].shape
+
+    def depth(prefix: str) -> int:
+        blocks = {k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)}
+        if not blocks:
+            raise ValueError(f"{source}: no {prefix}* keys: not the weights of an OpenAI-layout CLIP ViT")
+        return len(blocks)
+
+    patch = shape("visual.conv1.weight")[-1]
+    grid = round((shape("visual.positional_embedding")[0] - 1) ** 0.5)
+    return BackboneArchitecture(
+        embed_dim=shape("text_projection")[1],
+        image_size=patch * grid,
+        patch_size=patch,
+        vision_width=shape("visual.conv1.weight")[0],
+        vision_layers=depth("visual.transformer.resblocks."),
+        context_length=shape("positional_embedding")[0],
+        vocab_size=shape("token_embedding.weight")[0],
+        text_width=shape("ln_final.weight")[0],
+        text_layers=depth("transformer.resblocks."),
+    )
+
+
+def get_tokenizer(cfg: ModelConfig, context_length: int):
+    """open_clip's tokenizer for the backbone (CLIP's BPE for an ``architecture``)."""
+    import open_clip
+
+    register_model_configs()
+    with quiet_open_clip():
+        if cfg.architecture is not None:
+            return open_clip.SimpleTokenizer(context_length=context_length)
+        return open_clip.get_tokenizer(cfg.backbone, context_length=context_length)
 
 
 def resolve_pretrained(name: str, pretrained: str | None) -> str | None:
@@ -116,6 +185,19 @@ def is_torchscript(path: str | Path) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
 
 
+def is_openai_format(path: str | Path) -> bool:
+    """OpenAI's TorchScript archives and CLIP4Clip-family checkpoints (CLIP weights under
+    ``clip.``, OpenAI's names), whose CLIP was trained with QuickGELU."""
+    if is_torchscript(path):
+        return True
+    try:
+        obj = torch.load(path, map_location="meta", weights_only=True) if not str(path).endswith(".safetensors") else {}
+    except Exception:  # unreadable: read_state_dict reports it
+        return False
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
+    return any(isinstance(k, str) and k.startswith(("clip.", "module.clip.")) for k in state)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """CLIP weights from a checkpoint file, whichever of the supported formats it is."""
     path = str(path)
@@ -140,8 +222,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{path}: no state dict found")
-    if next(iter(state)).startswith("module."):
-        state = {k[len("module.") :]: v for k, v in state.items()}
+    for prefix in ("module.", "clip."):  # DDP wrapping; CLIP4Clip-family models keep CLIP under clip.
+        if all(str(k).startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    if any("TVPt_" in str(k) for k in state):
+        raise ValueError(
+            f"{path} is an official TempMe checkpoint (TVPt_* parameters), not CLIP backbone weights; "
+            "convert it with `tempstop import-checkpoint --format tempme`"
+        )
     return dict(state)
 
 

@@ -31,14 +31,11 @@ MASKED_BIAS = -1.0e4
 _PAD_SCORE = 2.0
 
 
-def tokens_to_keep(n: int, keep: float) -> int:
-    """Tokens left when a merge keeps the fraction ``keep`` of ``n`` tokens (CLS included).
-
-    Rounds up: ``ceil(n * keep)``, which reproduces TempMe's ViT-B/32 counts exactly
-    (68 -> 48 -> 44, 88 -> 62 -> 56, 168 -> 118 -> 107 -> 97). The small tolerance keeps
-    products that are integers in exact arithmetic (50 * 0.7) from rounding up by one.
-    """
-    return max(1, min(n, math.ceil(n * keep - 1e-6)))
+def merge_count(n: int, n_protected: int, ratio: float) -> int:
+    """Tokens a ratio-based merge removes from ``n`` tokens of which ``n_protected`` are CLS:
+    ``min(int(ratio * n), (n - n_protected) // 2)`` (official modeling.py:254-268; the cap is
+    what one bipartite round can remove)."""
+    return max(0, min(int(ratio * n), (n - n_protected) // 2))
 
 
 def size_bias(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -51,13 +48,14 @@ def size_bias(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class MergePlan:
     """Which tokens merge into which, as positions in the full sequence ``[G, N]``.
 
-    The merged sequence keeps the surviving tokens in their order (``keep``); each merged-away
-    token ``src[:, i]`` is averaged into ``dst[:, i]``.
+    The merged sequence is ``keep``: the protected tokens, the unmerged side-A tokens, then
+    all side-B tokens, each part in its original order (official module_tome_merge.py:47,
+    61). Each merged-away token ``src[:, i]`` is averaged into ``dst[:, i]``.
     """
 
     src: torch.Tensor  # [G, r] positions merged away
     dst: torch.Tensor  # [G, r] positions they merge into
-    keep: torch.Tensor  # [G, N - r] surviving positions, ascending
+    keep: torch.Tensor  # [G, N - r] old position of each output token
     new_pos: torch.Tensor  # [G, N] position of each old token (merged ones: their target's)
 
     @property
@@ -66,39 +64,37 @@ class MergePlan:
 
 
 def alternate_split(start: int, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ToMe's split of positions ``start..end-1``: even offsets on side A, odd on side B."""
-    return torch.arange(start, end, 2, device=device), torch.arange(start + 1, end, 2, device=device)
-
-
-def clip_split(start: int, k: int, per_clip: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-clip split of ``k`` concatenated clips of ``per_clip`` tokens from ``start`` on.
-
-    Side A holds the tokens of the odd clips, side B those of the even clips, so every merge
-    joins tokens of *different* (adjacent) clips: temporal redundancy is what ClipMe removes.
-    """
-    clip_of = torch.arange(k, device=device).repeat_interleave(per_clip)  # [k * per_clip]
-    pos = torch.arange(k * per_clip, device=device) + start
-    return pos[clip_of % 2 == 1], pos[clip_of % 2 == 0]
+    """ToMe's bipartite split of positions ``start..end-1`` (``start`` = the CLS count): side A
+    (merged away) holds the even absolute positions, side B (destinations) the odd ones,
+    whatever ``start`` is (official module_tome_merge.py:34-37, 52-55). With one CLS token
+    the patches at positions 2, 4, ... are on side A; in a joined clip the parity runs over
+    the whole patch list, so a frame's split depends on the lengths before it."""
+    first_a = start + start % 2
+    return (
+        torch.arange(first_a, end, 2, device=device),
+        torch.arange(first_a + 1 if start % 2 == 0 else start, end, 2, device=device),
+    )
 
 
 def plan_merge(
     metric: torch.Tensor,
     r: int,
-    a_idx: torch.Tensor,
-    b_idx: torch.Tensor,
+    n_protected: int,
     valid: torch.Tensor | None = None,
 ) -> MergePlan:
-    """Bipartite soft matching: each A token picks its most similar B token; the ``r`` best
-    pairs merge.
+    """Bipartite soft matching (ToMe): each side-A token picks its most similar side-B token;
+    the ``r`` best pairs merge.
 
-    ``metric`` ``[G, N, C]`` (keys or features), ``a_idx``/``b_idx`` positions of the two
-    sides, ``valid`` ``[G, N]`` (size > 0) or None. Similarity is cosine. With ``valid``, a
-    real token only pairs with a real token and padding tokens merge first, so which real
-    tokens merge never depends on the padding's content. ``r`` must not exceed side A.
+    ``metric`` ``[G, N, C]`` (keys or the residual stream), the first ``n_protected`` tokens
+    (CLS) on neither side (split: :func:`alternate_split`), ``valid`` ``[G, N]`` (size > 0)
+    or None. Similarity is cosine. With ``valid``, a real token only pairs with a real token
+    and padding tokens merge first, so which real tokens merge never depends on the
+    padding's content. ``r`` must not exceed side A.
     """
+    g, n = metric.shape[:2]
+    a_idx, b_idx = alternate_split(n_protected, n, metric.device)
     if r > a_idx.numel():
         raise ValueError(f"cannot merge {r} pairs with {a_idx.numel()} tokens on side A")
-    g, n = metric.shape[:2]
     a = F.normalize(metric[:, a_idx].float(), dim=-1)  # [G, Na, C]
     b = F.normalize(metric[:, b_idx].float(), dim=-1)  # [G, Nb, C]
     sim = a @ b.transpose(1, 2)  # [G, Na, Nb]
@@ -111,14 +107,14 @@ def plan_merge(
     order = node_max.argsort(dim=-1, descending=True, stable=True)[:, :r]  # [G, r] into side A
     src = a_idx[order]
     dst = b_idx[node_idx.gather(1, order)]
-    kept = torch.ones(g, n, dtype=torch.bool, device=metric.device).scatter_(1, src, False)
-    rank = kept.long().cumsum(dim=1) - 1  # [G, N]: rank among survivors
-    # keep[g, rank[p]] = p for surviving p; merged-away positions go to a spare last column
-    slot = torch.where(kept, rank, torch.full_like(rank, n - r))
-    positions = torch.arange(n, device=metric.device).expand(g, n)
-    keep = torch.empty(g, n - r + 1, dtype=torch.long, device=metric.device)
-    keep = keep.scatter_(1, slot, positions)[:, :-1]
-    new_pos = rank.scatter(1, src, rank.gather(1, dst))
+    merged_a = torch.zeros(g, a_idx.numel(), dtype=torch.bool, device=metric.device)
+    merged_a.scatter_(1, order, True)
+    unmerged_a = a_idx.expand(g, -1)[~merged_a].view(g, -1)  # [G, Na - r], original order
+    protected = torch.arange(n_protected, device=metric.device).expand(g, -1)
+    keep = torch.cat([protected, unmerged_a, b_idx.expand(g, -1)], dim=1)  # [G, N - r]
+    new_pos = torch.empty(g, n, dtype=torch.long, device=metric.device)
+    new_pos.scatter_(1, keep, torch.arange(n - r, device=metric.device).expand(g, -1))
+    new_pos.scatter_(1, src, new_pos.gather(1, dst))
     return MergePlan(src=src, dst=dst, keep=keep, new_pos=new_pos)
 
 
@@ -184,36 +180,21 @@ def merge_sum(plan: MergePlan, t: torch.Tensor) -> torch.Tensor:
     return t.scatter_add(1, plan.dst, t.gather(1, plan.src)).gather(1, plan.keep)
 
 
-def merge_protected(
+def merge_tokens(
     x: torch.Tensor,
     size: torch.Tensor,
     n_protected: int,
     r: int,
     metric: torch.Tensor,
-    split: tuple[torch.Tensor, torch.Tensor] | None = None,
     masked: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, list[MergePlan]]:
-    """Remove ``r`` tokens from ``x`` ``[G, N, D]`` by merging, never touching the first
-    ``n_protected`` tokens (CLS).
+) -> tuple[torch.Tensor, torch.Tensor, MergePlan]:
+    """Remove ``r`` tokens from ``x`` ``[G, N, D]`` (sizes ``[G, N]``) by one round of
+    bipartite merging, never touching the first ``n_protected`` tokens (CLS).
 
-    ``metric`` ``[G, N, C]`` is the similarity space (keys or features). ``split`` is the
-    bipartite split (positions; default: alternate over the unprotected tokens). When ``r``
-    is more than one round can remove (half the tokens), further rounds use the alternate
-    split. With ``masked``, tokens of size 0 are padding (see :func:`plan_merge`).
-    Returns the merged tokens and sizes and the plans of the rounds, in order.
+    ``metric`` ``[G, N, C]`` is the similarity space (keys, or the residual stream for
+    ClipMe's cross-clip merge). With ``masked``, tokens of size 0 are padding (see
+    :func:`plan_merge`). Returns the merged tokens, their sizes and the plan.
     """
-    plans: list[MergePlan] = []
-    while r > 0:
-        a_idx, b_idx = split if split is not None else alternate_split(n_protected, x.shape[1], x.device)
-        step = min(r, a_idx.numel())
-        if step == 0:
-            break
-        plan = plan_merge(metric, step, a_idx, b_idx, (size > 0) if masked else None)
-        x, new_size = apply_merge(plan, x, size)
-        if r > step:  # another round: carry the metric along (averaged like the features)
-            metric, _ = apply_merge(plan, metric, size)
-        size = new_size
-        plans.append(plan)
-        r -= step
-        split = None
-    return x, size, plans
+    plan = plan_merge(metric, r, n_protected, (size > 0) if masked else None)
+    x, size = apply_merge(plan, x, size)
+    return x, size, plan

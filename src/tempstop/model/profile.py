@@ -14,7 +14,8 @@ import time
 import torch
 from torch.utils import flop_counter
 
-from tempstop.model.unified import GROUPS, UnifiedTempMeSTOPModel
+from tempstop.config import PARAM_GROUPS
+from tempstop.model.unified import UnifiedTempMeSTOPModel
 from tempstop.utils import model_mode
 
 CONVENTION = "GFLOPs = multiply-adds / 1e9 = counted FLOPs / 2 / 1e9 (TempMe/ToMe papers' convention)"
@@ -79,7 +80,7 @@ def token_schedule(model: UnifiedTempMeSTOPModel, frames: int, size: int | None 
 def trainable_parameters(model: UnifiedTempMeSTOPModel) -> dict[str, int]:
     """Trainable parameter count per group (and ``total``)."""
     out = {g: sum(p.numel() for p in ps if p.requires_grad) for g, ps in model.param_groups().items()}
-    out["total"] = sum(out[g] for g in GROUPS)
+    out["total"] = sum(out[g] for g in PARAM_GROUPS)
     return out
 
 

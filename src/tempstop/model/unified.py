@@ -15,6 +15,10 @@ meanP     plain CLIP, mean pooling    InfoNCE of the mean-pooled embedding (both
 STOP-prompted frame CLS tokens just before the first ClipMe layer (without ClipMe: the final
 embedding). Either way a video embedding is ``mean over valid frames of
 normalize(proj(ln_post(CLS_t)))``, normalised.
+
+The model owns no loss: ``forward`` returns the embeddings and the logit scale, and
+:class:`tempstop.losses.RetrievalLoss` (``model.loss``) turns them into the losses;
+``compute_training_loss`` (the user's guide interface) is the two in a row.
 """
 
 from __future__ import annotations
@@ -26,18 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tempstop.config import ModelConfig, UnifiedModelConfig, load_config
-from tempstop.losses import symmetric_infonce
-from tempstop.model.backbone import create_clip, quiet_open_clip
+from tempstop.config import MODEL_MODES, PARAM_GROUPS, ModelConfig, UnifiedModelConfig, load_config
+from tempstop.losses import RetrievalLoss
+from tempstop.model.backbone import create_clip, get_tokenizer
 from tempstop.model.stop import STOP
 from tempstop.model.tempme import TempMe, first_clip_layer
 from tempstop.model.text import encode_tokens
-from tempstop.model.video import VideoFeatures, encode_frames
+from tempstop.model.vision import VideoFeatures, encode_frames
 
 log = logging.getLogger(__name__)
-
-TRAINING_MODES = ("joint", "tempme_only", "stop_only")
-GROUPS = ("tempme", "stop", "backbone")
 
 
 class UnifiedTempMeSTOPModel(nn.Module):
@@ -51,15 +52,18 @@ class UnifiedTempMeSTOPModel(nn.Module):
     def __init__(self, cfg: ModelConfig, tempme_loss_weight: float = 1.0, stop_loss_weight: float = 1.0):
         super().__init__()
         self.cfg = cfg
-        self.clip = create_clip(cfg.backbone, cfg.pretrained, cfg.max_words, cfg.image_size, cfg.quick_gelu)
+        self.clip = create_clip(cfg)
         visual, text = self.clip.visual, self.clip.transformer
         width, depth = visual.transformer.width, len(visual.transformer.resblocks)
         heads = visual.transformer.resblocks[0].attn.num_heads
         text_heads = text.resblocks[0].attn.num_heads
         self.embed_dim = int(visual.output_dim)
         use_tempme = cfg.variant in ("unified", "tempme") and cfg.tempme.enabled
+        patch = int(visual.conv1.kernel_size[0])
         self.tempme = (
-            TempMe(cfg.tempme, width, depth, text.width, len(text.resblocks)) if use_tempme else None
+            TempMe(cfg.tempme, cfg.frames, width, depth, text.width, len(text.resblocks), patch)
+            if use_tempme
+            else None
         )
         n_stop = 0
         if cfg.variant in ("unified", "stop") and cfg.stop.enabled:
@@ -69,7 +73,7 @@ class UnifiedTempMeSTOPModel(nn.Module):
             if n_stop
             else None
         )
-        self.loss_weights = {"tempme": float(tempme_loss_weight), "stop": float(stop_loss_weight)}
+        self.loss = RetrievalLoss(tempme_loss_weight, stop_loss_weight)
         self._tokenizer = None
         self.training_mode = "joint"
         self.set_training_mode("joint")
@@ -84,16 +88,21 @@ class UnifiedTempMeSTOPModel(nn.Module):
     def context_length(self) -> int:
         return int(self.clip.positional_embedding.shape[0])
 
+    @property
+    def num_frames(self) -> int:
+        """Frames per video the model takes (``model.frames``); shorter videos are fine."""
+        return self.cfg.frames
+
+    @property
+    def image_size(self) -> int:
+        """Frame size in pixels the vision tower takes."""
+        return int(self.clip.visual.image_size[0])
+
     def tokenize(self, texts: list[str], max_words: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """open_clip's tokenizer -> ``(input_ids [B, L], attention_mask [B, L])``, ``L`` = max
         words (capped at the text tower's context length)."""
-        import open_clip
-
         if self._tokenizer is None:
-            with quiet_open_clip():
-                self._tokenizer = open_clip.get_tokenizer(
-                    self.cfg.backbone, context_length=self.context_length
-                )
+            self._tokenizer = get_tokenizer(self.cfg, self.context_length)
         length = min(max_words or self.context_length, self.context_length)
         ids = self._tokenizer(list(texts), context_length=length)
         return ids, (ids != 0).long()
@@ -116,6 +125,10 @@ class UnifiedTempMeSTOPModel(nn.Module):
         """Per-frame CLS tokens of the vision tower (final and before ClipMe), see ``encode_frames``."""
         if video.dim() != 5:
             raise ValueError(f"video must be [B, T, 3, H, W], got {tuple(video.shape)}")
+        if self.tempme is not None and video.shape[1] > self.cfg.frames:
+            raise ValueError(
+                f"video has {video.shape[1]} frames but the model takes at most model.frames={self.cfg.frames}"
+            )
         if video_mask is None:
             video_mask = torch.ones(video.shape[:2], dtype=torch.bool, device=video.device)
         return encode_frames(self.clip.visual, video, video_mask, self.tempme, self.stop, record)
@@ -137,6 +150,34 @@ class UnifiedTempMeSTOPModel(nn.Module):
         return self.pool_frames(feats.frame_cls, video_mask)
 
     # ---- training ------------------------------------------------------------------
+    def forward(
+        self,
+        video: torch.Tensor,
+        video_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor | None]:
+        """Embeddings of a batch of (video, text) pairs: ``{"text", "video", "tempme_video",
+        "stop_video", "logit_scale"}``, each ``[B, E]`` and L2-normalised (``logit_scale``
+        the raw parameter). ``video`` is the retrieval embedding; ``tempme_video`` and
+        ``stop_video`` are what each module's loss scores (None without the module; for the
+        unified model ``stop_video`` pools the prompted frames before the first ClipMe layer).
+        """
+        mask = video_mask.to(torch.bool)
+        feats = self.video_features(video, mask)
+        final = self.pool_frames(feats.frame_cls, mask)
+        stop_video = None
+        if self.stop is not None:
+            both = self.tempme is not None and feats.stop_cls is not None
+            stop_video = self.pool_frames(feats.stop_cls, mask) if both else final
+        return {
+            "text": self.encode_text(input_ids, attention_mask),
+            "video": final,
+            "tempme_video": final if self.tempme is not None else None,
+            "stop_video": stop_video,
+            "logit_scale": self.logit_scale,
+        }
+
     def compute_training_loss(
         self,
         video: torch.Tensor,
@@ -144,50 +185,27 @@ class UnifiedTempMeSTOPModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
-        tempme_loss_weight: float | None = None,
-        stop_loss_weight: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """``{"tempme_loss", "stop_loss", "total_loss"}`` of a batch of matching (video, text)
-        pairs (symmetric InfoNCE, gathered across ranks). ``token_type_ids`` is accepted for
-        API compatibility and unused (CLIP has none). Weights default to ``loss_weights``."""
+        pairs: ``self.loss(self(...))`` (symmetric InfoNCE, gathered across ranks; weights
+        ``training.tempme_loss_weight`` / ``stop_loss_weight``). ``token_type_ids`` is
+        accepted for the user's guide's signature and unused (CLIP has none). The trainer
+        trains whatever this returns as ``total_loss``, so a subclass may add terms."""
         del token_type_ids
-        w_t = self.loss_weights["tempme"] if tempme_loss_weight is None else tempme_loss_weight
-        w_s = self.loss_weights["stop"] if stop_loss_weight is None else stop_loss_weight
-        mask = video_mask.to(torch.bool)
-        feats = self.video_features(video, mask)
-        text = self.encode_text(input_ids, attention_mask)
-        final = symmetric_infonce(text, self.pool_frames(feats.frame_cls, mask), self.logit_scale)
-        zero = final.detach().new_zeros(())
-        if self.tempme is not None and self.stop is not None:
-            stop_cls = feats.stop_cls if feats.stop_cls is not None else feats.frame_cls
-            stop = symmetric_infonce(text, self.pool_frames(stop_cls, mask), self.logit_scale)
-            return {"tempme_loss": final, "stop_loss": stop, "total_loss": w_t * final + w_s * stop}
-        if self.tempme is not None:
-            return {"tempme_loss": final, "stop_loss": zero, "total_loss": final}
-        if self.stop is not None:
-            return {"tempme_loss": zero, "stop_loss": final, "total_loss": final}
-        return {"tempme_loss": zero, "stop_loss": zero, "total_loss": final}
-
-    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """Same as :meth:`compute_training_loss` (so DDP can wrap the model)."""
-        return self.compute_training_loss(*args, **kwargs)
-
-    def set_loss_weights(self, tempme: float, stop: float) -> None:
-        """Weights of ``tempme_loss`` and ``stop_loss`` in the unified model's total."""
-        self.loss_weights = {"tempme": float(tempme), "stop": float(stop)}
+        return self.loss(self(video, video_mask, input_ids, attention_mask))
 
     # ---- parameter groups ----------------------------------------------------------
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Every parameter in exactly one group: ``tempme``, ``stop`` or ``backbone`` (CLIP,
         ``logit_scale`` included). Frozen parameters are listed too (``requires_grad`` False)."""
-        groups: dict[str, list[nn.Parameter]] = {g: [] for g in GROUPS}
+        groups: dict[str, list[nn.Parameter]] = {g: [] for g in PARAM_GROUPS}
         for name, p in self.named_parameters():
             groups[_group_of(name)].append(p)
         return groups
 
     def named_param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Like :meth:`param_groups` with names."""
-        groups: dict[str, list] = {g: [] for g in GROUPS}
+        groups: dict[str, list] = {g: [] for g in PARAM_GROUPS}
         for name, p in self.named_parameters():
             groups[_group_of(name)].append((name, p))
         return groups
@@ -196,8 +214,8 @@ class UnifiedTempMeSTOPModel(nn.Module):
         """``joint`` (TempMe and STOP train), ``tempme_only`` (STOP frozen), ``stop_only``
         (TempMe frozen). The backbone trains in every mode unless ``freeze_backbone``; its text
         tower not with ``freeze_text``. ``sequential`` is the trainer's: tempme_only, then stop_only."""
-        if mode not in TRAINING_MODES:
-            raise ValueError(f"training mode must be one of {', '.join(TRAINING_MODES)}, got {mode!r}")
+        if mode not in MODEL_MODES:
+            raise ValueError(f"training mode must be one of {', '.join(MODEL_MODES)}, got {mode!r}")
         trains = {
             "tempme": mode in ("joint", "tempme_only"),
             "stop": mode in ("joint", "stop_only"),

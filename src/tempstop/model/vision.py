@@ -3,7 +3,8 @@ merges and STOP's prompts in between.
 
 Sequence layouts: frame phase ``[B*T, 1 + n, D]`` (CLS first); clip phase ``[B*C, f + n, D]``
 (the ``f`` CLS tokens of the clip's frames first, in frame order). ``size`` ``[G, N]``
-follows every token (see :mod:`tempstop.model.merge`).
+follows every token (see :mod:`tempstop.model.merge`). After a merge the order is the
+official one: CLS, unmerged side-A tokens, side-B tokens.
 """
 
 from __future__ import annotations
@@ -15,15 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tempstop.model.blocks import PromptKV, attention_half, mlp_half, prompt_kv_from_code
-from tempstop.model.merge import (
-    clip_split,
-    merge_protected,
-    merge_sum,
-    size_bias,
-    tokens_to_keep,
-)
+from tempstop.model.merge import merge_count, merge_sum, merge_tokens, size_bias
 from tempstop.model.stop import STOP, FrameGrid
-from tempstop.model.tempme import LayerPlan, TempMe, concat_clips, first_clip_layer
+from tempstop.model.tempme import LayerPlan, TempMe, clip_position, first_clip_layer, join_sequences
 
 
 @dataclass
@@ -33,6 +28,7 @@ class VideoFeatures:
     frame_cls: torch.Tensor  # [B, T, W] at the end of the tower
     stop_cls: torch.Tensor | None  # [B, T, W] just before the first ClipMe layer (None: no ClipMe)
     tokens: list[dict] = field(default_factory=list)  # per layer, see encode_frames
+    hidden: list[tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=list)  # per layer
 
 
 def embed_frames(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -95,8 +91,9 @@ def encode_frames(
 
     With ``record``, ``tokens`` lists per layer ``{"layer", "sequences", "input", "concat",
     "after_cross", "output"}``: sequences per video after the layer, and tokens per sequence
-    at the layer's input, after ClipMe's concatenation, after its cross-clip merge and after
-    the layer (STOP's prompt tokens are extra keys, not counted).
+    at the layer's input, after ClipMe's join, after its cross-clip merge and after the layer
+    (STOP's prompt tokens are extra keys, not counted); ``hidden`` holds each layer's output
+    tokens ``[G, N, D]`` and their sizes ``[G, N]`` (None before the first merge).
     """
     b, t = video.shape[:2]
     blocks = visual.transformer.resblocks
@@ -111,7 +108,7 @@ def encode_frames(
     valid = video_mask.to(torch.bool)
     x = embed_frames(visual, video.flatten(0, 1))  # [BT, 1 + gh*gw, D]
     w = _Walker(x, valid, tuple(visual.grid_size), track_grid=n_stop > 0)
-    stop_cls, tokens = None, []
+    stop_cls, tokens, hidden = None, [], []
     for i, (block, plan) in enumerate(zip(blocks, schedule, strict=True)):
         lora = loras[i] if loras is not None else None
         if plan.clip_phase and not w.clip_phase:
@@ -119,13 +116,13 @@ def encode_frames(
             w.enter_clip_phase()
         n_in = n_concat = w.x.shape[1]
         if plan.clipme_k:
-            n_concat = _cross_clip(w, plan, tempme)
+            n_concat = _cross_clip(w, plan, tempme.clip_pos[plan.clip_pos])
         n_cross = w.x.shape[1]
         prompts = None
         if 1 <= i <= n_stop:
             prompts = _stop_layer(w, stop.layers[i - 1], block, lora)
         bias = size_bias(w.size, w.x.dtype) if w.size is not None else None
-        merge_after = (plan.imgme_r > 0) if not w.clip_phase else plan.intra_keep < 1
+        merge_after = (plan.imgme_r > 0) if not w.clip_phase else plan.intra_merge > 0
         out = attention_half(
             block, w.x, lora, bias, prompts=prompts, want_keys=merge_after, want_cls_attn=i + 1 <= n_stop
         )
@@ -147,43 +144,46 @@ def encode_frames(
                     "output": w.x.shape[1],
                 }
             )
-    return VideoFeatures(_final_cls(w, b, t), stop_cls, tokens)
+            hidden.append((w.x, w.size))
+    return VideoFeatures(_final_cls(w, b, t), stop_cls, tokens, hidden)
 
 
-def _cross_clip(w: _Walker, plan: LayerPlan, tempme: TempMe) -> int:
-    """ClipMe before attention: concatenate ``k`` clips, add the clip positional embedding,
-    merge across clips down to ``cross_keep`` (similarity on features). Returns the token
-    count after concatenation."""
+def _cross_clip(w: _Walker, plan: LayerPlan, pos: torch.Tensor) -> int:
+    """ClipMe before attention: join ``k`` sequences, match on the joined residual stream
+    (detached), add the clip positional embedding ``pos`` (one row per sequence of the video)
+    after the matching and before the size-weighted merge, so the similarity never sees it
+    and merged tokens carry the weighted mean of theirs (official module_tome_patch.py:29,
+    52-79; only when something merges). Returns the token count after the join."""
     k = plan.clipme_k
     g, n, d = w.x.shape
-    x = w.x.view(w.b, g // w.b, n, d)
-    size = w.sizes().view(w.b, g // w.b, n)
-    x, size = concat_clips(x, size, w.n_cls, k, tempme.clip_pos[plan.clip_pos])
+    sequences = g // w.b
+    x, size, origin = join_sequences(w.x.view(w.b, sequences, n, d), w.sizes().view(w.b, sequences, n), w.n_cls, k)
     w.n_cls *= k
     total = x.shape[1]
-    r = total - tokens_to_keep(total, plan.cross_keep)
-    r = min(r, total - w.n_cls - 1)  # always keep one non-CLS token
-    split = clip_split(w.n_cls, k, n - w.n_cls // k, x.device) if k > 1 else None
-    w.x, w.size, _ = merge_protected(x, size, w.n_cls, max(r, 0), x, split=split, masked=True)
+    r = merge_count(total, w.n_cls, plan.cross_merge)
+    if r == 0:
+        w.x, w.size = x, size
+        return total
+    metric = x.detach()
+    x = (x.view(w.b, -1, total, d) + clip_position(pos, sequences, k, origin).to(x.dtype)).view(-1, total, d)
+    w.x, w.size, _ = merge_tokens(x, size, w.n_cls, r, metric, masked=True)
     return total
 
 
 def _merge_after_attention(w: _Walker, plan: LayerPlan, keys: torch.Tensor, track: bool) -> None:
-    """ImgMe (frame phase, ``r`` pairs per frame) or intra-clip merge (clip phase, ``keep``),
-    both with similarity on head-averaged keys."""
+    """ImgMe (frame phase, ``r`` pairs per frame) or the clip phase's merge (a fraction of
+    the tokens), both with similarity on head-averaged keys; capped at half the non-CLS tokens."""
     n = w.x.shape[1]
     if w.clip_phase:
-        r = n - tokens_to_keep(n, plan.intra_keep)
+        r = merge_count(n, w.n_cls, plan.intra_merge)
     else:
-        r = plan.imgme_r
-    r = max(0, min(r, n - w.n_cls - 1))
+        r = min(plan.imgme_r, (n - w.n_cls) // 2)
     if r == 0:
         return
-    w.x, w.size, plans = merge_protected(w.x, w.sizes(), w.n_cls, r, keys, masked=w.clip_phase)
+    w.x, w.size, step = merge_tokens(w.x, w.sizes(), w.n_cls, r, keys, masked=w.clip_phase)
     if track and w.grid is not None:  # follow the patches for the next STOP layer (CLS at 0)
-        for step in plans:
-            w.grid.src = step.new_pos[:, 1:].gather(1, w.grid.src) - 1
-            w.cls_attn = merge_sum(step, F.pad(w.cls_attn, (1, 0)))[:, 1:]
+        w.grid.src = step.new_pos[:, 1:].gather(1, w.grid.src) - 1
+        w.cls_attn = merge_sum(step, F.pad(w.cls_attn, (1, 0)))[:, 1:]
 
 
 def _stop_layer(w: _Walker, layer: nn.Module, block: nn.Module, lora: nn.Module | None) -> PromptKV | None:
