@@ -85,7 +85,9 @@ def main(args: argparse.Namespace) -> int:
         f"embedding {arch.embed_dim}; QuickGELU\n"
         f"  TempMe: {m.frames} frames, LoRA rank {m.tempme.lora_rank}, ClipMe layers {m.tempme.clipme_layers} "
         f"(k = {m.tempme.clipme_k}); {sum(p.numel() for p in model.tempme.parameters()):,} TempMe parameters\n"
-        f"  evaluate: tempstop evaluate --checkpoint {out} --data DATA (frames of {arch.image_size} px)",
+        f"  evaluate: tempstop evaluate --checkpoint {out} --data DATA (frames of {arch.image_size} px)\n"
+        f"  to train from it (--init-from {out}), put this in the model section of params.yaml:\n"
+        + _model_yaml(cfg),
     )
     return 0
 
@@ -99,6 +101,17 @@ def _read_weights_only(path: Path) -> dict:
         return load_weights_only(path)
     except UnreadableFileError as exc:
         raise OfficialCheckpointError(str(exc)) from None
+
+
+def _model_yaml(cfg) -> str:
+    """The keys of the ``model`` section that describe the imported model, as YAML lines."""
+    import yaml
+
+    keys = ("backbone", "architecture", "frames", "quick_gelu", "freeze_backbone", "max_words")
+    model = {k: cfg.to_dict()["model"][k] for k in keys}
+    model["tempme"] = {k: cfg.to_dict()["model"]["tempme"][k] for k in ("lora_rank", "lora_alpha", "clipme_layers", "clipme_k")}
+    text = yaml.safe_dump({"model": model}, default_flow_style=None, sort_keys=False, width=100)
+    return "\n".join("    " + line for line in text.splitlines())
 
 
 def _sha256(path: Path) -> str:
