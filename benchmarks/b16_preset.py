@@ -40,7 +40,9 @@ def output_tokens(n: int, r: int, cross: float, intra: float, ks=(2, 2, 3), fram
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "b16_preset.json"))
     args = parser.parse_args(argv)
     from tempstop.config import ModelConfig, TempMeConfig

@@ -89,7 +89,9 @@ def amp_training(backbone: str, frames: int, batch: int, iters: int, device) -> 
             losses.append(float(loss.detach()))
         out[name] = {
             "train_videos_per_s": round(batch * len(times) / sum(times), 2),
-            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if device.type == "cuda"
+            else None,
             "losses_finite": all(map(torch.isfinite, map(torch.tensor, losses))),
             "grad_scale": float(scaler.get_scale()) if scaler.is_enabled() else None,
         }
@@ -148,7 +150,13 @@ def ddp_step(backbone: str, frames: int, device) -> dict:
                 ids = [device.index or 0] if device.type == "cuda" else None
                 runner = DistributedDataParallel(runner, device_ids=ids, find_unused_parameters=True)
             runner(**data)["total_loss"].backward()
-            grads.append({n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None})
+            grads.append(
+                {
+                    n: p.grad.detach().float().clone()
+                    for n, p in model.named_parameters()
+                    if p.grad is not None
+                }
+            )
         diff = max((grads[0][n] - grads[1][n]).abs().max().item() for n in grads[0])
         return {"backend": backend, "parameters_with_grad": len(grads[1]), "max_grad_difference": diff,
                 "same_keys": grads[0].keys() == grads[1].keys()}  # fmt: skip
@@ -208,13 +216,22 @@ def parity(device) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu.json"))
     parser.add_argument("--dry-run", action="store_true", help="tiny backbone on the CPU (tests the script)")
     args = parser.parse_args(argv)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     if args.dry_run:
-        device, b32, b16, frames, batch, iters = torch.device("cpu"), "tempstop-tiny", "tempstop-tiny", 8, 4, 2
+        device, b32, b16, frames, batch, iters = (
+            torch.device("cpu"),
+            "tempstop-tiny",
+            "tempstop-tiny",
+            8,
+            4,
+            2,
+        )
     elif torch.cuda.is_available():
         device, b32, b16, frames, batch, iters = torch.device("cuda", 0), "ViT-B-32", "ViT-B-16", 12, 32, 10
     else:
@@ -222,11 +239,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.perf_counter()
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU dry run ({platform.machine()})",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU dry run ({platform.machine()})",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "setup": {"frames": frames, "batch": batch, "timed_iterations": iters, "weights": "random",
-                  "backbone_frozen": "all variants but meanP"},  # fmt: skip
+        "setup": {
+            "frames": frames,
+            "batch": batch,
+            "timed_iterations": iters,
+            "weights": "random",
+            "backbone_frozen": "all variants but meanP",
+        },  # fmt: skip
     }
     steps = [("amp_training", lambda: amp_training(b32, frames, batch, iters, device)),
              ("inference", lambda: inference(sorted({b32, b16}), frames, batch, iters, device)),
@@ -235,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, step in steps:
         t0 = time.perf_counter()
         result[name] = step()
-        print(f"gpu-check: {name} done in {time.perf_counter() - t0:.0f} s: {json.dumps(result[name])}", flush=True)
+        print(
+            f"gpu-check: {name} done in {time.perf_counter() - t0:.0f} s: {json.dumps(result[name])}",
+            flush=True,
+        )
     result["seconds"] = round(time.perf_counter() - start, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -54,11 +54,15 @@ def main(args: argparse.Namespace) -> int:
     source, out = Path(args.source), Path(args.out)
     try:
         if not source.is_file():
-            raise OfficialCheckpointError(f"{source}: {'not a regular file' if source.exists() else 'file not found'}")
+            raise OfficialCheckpointError(
+                f"{source}: {'not a regular file' if source.exists() else 'file not found'}"
+            )
         state = _read_weights_only(source)
         model_cfg, weights = convert_tempme_state_dict(state, str(source), args.max_words)
         cfg = UnifiedModelConfig(model=model_cfg)
-        cfg = cfg.with_overrides({"extract.size": model_cfg.architecture.image_size, **parse_overrides(args.overrides)})
+        cfg = cfg.with_overrides(
+            {"extract.size": model_cfg.architecture.image_size, **parse_overrides(args.overrides)}
+        )
         model = create_unified_model(cfg)  # the imported weights must fit the model they describe
         load_model_weights(model, weights, str(source))
     except (OfficialCheckpointError, CheckpointError, ConfigError, ValueError) as exc:
@@ -109,7 +113,10 @@ def _model_yaml(cfg) -> str:
 
     keys = ("backbone", "architecture", "frames", "quick_gelu", "freeze_backbone", "max_words")
     model = {k: cfg.to_dict()["model"][k] for k in keys}
-    model["tempme"] = {k: cfg.to_dict()["model"]["tempme"][k] for k in ("lora_rank", "lora_alpha", "clipme_layers", "clipme_k")}
+    model["tempme"] = {
+        k: cfg.to_dict()["model"]["tempme"][k]
+        for k in ("lora_rank", "lora_alpha", "clipme_layers", "clipme_k")
+    }
     text = yaml.safe_dump({"model": model}, default_flow_style=None, sort_keys=False, width=100)
     return "\n".join("    " + line for line in text.splitlines())
 

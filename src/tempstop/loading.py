@@ -72,7 +72,9 @@ def resolve_checkpoint(
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
     except ImportError:
-        raise CheckpointError(f"{uri}: reading the model registry needs mlflow (pip install 'tempstop[pipeline]')") from None
+        raise CheckpointError(
+            f"{uri}: reading the model registry needs mlflow (pip install 'tempstop[pipeline]')"
+        ) from None
 
     tracking = tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(tracking)
@@ -101,7 +103,9 @@ def resolve_checkpoint(
         try:
             mlflow.artifacts.download_artifacts(artifact_uri=artifacts, dst_path=str(target))
         except MlflowException as exc:
-            raise CheckpointError(f"cannot download {uri} from {tracking}: {str(exc).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"cannot download {uri} from {tracking}: {str(exc).splitlines()[0]}"
+            ) from None
         found = _find_checkpoint(target)
     if found is None:
         raise CheckpointError(f"{uri} holds no checkpoint file ({', '.join(_CHECKPOINT_SUFFIXES)})")

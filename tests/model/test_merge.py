@@ -54,7 +54,9 @@ def test_split_sizes_match_the_official_merge_calls():
     import json
     from pathlib import Path
 
-    meta = json.loads((Path(__file__).parents[1] / "fixtures" / "tempme" / "reference.json").read_text())["meta"]
+    meta = json.loads((Path(__file__).parents[1] / "fixtures" / "tempme" / "reference.json").read_text())[
+        "meta"
+    ]
     for call in meta["merge_calls"]:
         a, b = alternate_split(call["cls_num"], call["n"], CPU)
         assert (a.numel(), b.numel()) == (call["n_a"], call["n_b"]), call

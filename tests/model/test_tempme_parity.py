@@ -43,7 +43,9 @@ def run(ref):
     mask = torch.ones(video.shape[:2], dtype=torch.bool)
     with torch.no_grad():
         feats = model.video_features(video, mask, record=True)
-        frame_features = F.normalize(model.clip.visual.ln_post(feats.frame_cls) @ model.clip.visual.proj, dim=-1)
+        frame_features = F.normalize(
+            model.clip.visual.ln_post(feats.frame_cls) @ model.clip.visual.proj, dim=-1
+        )
         ids, attn = model.tokenize(ref["sentences"])
         text = model.encode_text(ids, attn)
         videos = model.encode_video(video, mask)

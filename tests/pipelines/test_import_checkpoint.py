@@ -125,7 +125,9 @@ def _store(root: Path, ref) -> Path:
     return root
 
 
-def test_evaluate_index_and_search_accept_the_imported_checkpoint(tmp_path, imported, ref, capsys, monkeypatch):
+def test_evaluate_index_and_search_accept_the_imported_checkpoint(
+    tmp_path, imported, ref, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     store = _store(tmp_path / "store", ref)
     report = tmp_path / "eval.json"
@@ -143,4 +145,6 @@ def test_evaluate_index_and_search_accept_the_imported_checkpoint(tmp_path, impo
     # the official similarities rank the videos for this sentence; the search must agree
     order = ref["similarity"][1].argsort(descending=True).tolist()
     assert [h["video_id"] for h in hits] == [f"video{i}" for i in order]
-    assert hits[0]["score"] == pytest.approx(ref["cosine_similarity"][1, order[0]].item(), abs=1e-4)  # printed to 4 decimals
+    assert hits[0]["score"] == pytest.approx(
+        ref["cosine_similarity"][1, order[0]].item(), abs=1e-4
+    )  # printed to 4 decimals

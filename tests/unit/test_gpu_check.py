@@ -18,7 +18,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 @pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU here")
 def test_without_a_gpu_it_says_so_and_exits_0(tmp_path):
     out = tmp_path / "gpu.json"
-    run = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     assert "no CUDA device" in run.stdout and not out.exists()
 
@@ -31,7 +33,10 @@ def test_dry_run_measures_every_step(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(out.read_text())
     for dtype in ("bf16", "fp16"):
-        assert result["amp_training"][dtype]["losses_finite"] and result["amp_training"][dtype]["train_videos_per_s"] > 0
+        assert (
+            result["amp_training"][dtype]["losses_finite"]
+            and result["amp_training"][dtype]["train_videos_per_s"] > 0
+        )
     assert result["amp_training"]["fp16"]["grad_scale"] is not None  # the GradScaler ran
     row = result["inference"]["tempstop-tiny"]
     assert row["unified"]["output_tokens"] < row["meanP"]["output_tokens"]

@@ -63,7 +63,9 @@ def create_clip(cfg: ModelConfig) -> nn.Module:
     quick_gelu = cfg.quick_gelu
     if quick_gelu is None:
         quick_gelu = (
-            cfg.pretrained == "openai" or cfg.architecture is not None or (path is not None and is_openai_format(path))
+            cfg.pretrained == "openai"
+            or cfg.architecture is not None
+            or (path is not None and is_openai_format(path))
         )
     with quiet_open_clip():
         if cfg.architecture is not None:
@@ -191,7 +193,11 @@ def is_openai_format(path: str | Path) -> bool:
     if is_torchscript(path):
         return True
     try:
-        obj = torch.load(path, map_location="meta", weights_only=True) if not str(path).endswith(".safetensors") else {}
+        obj = (
+            torch.load(path, map_location="meta", weights_only=True)
+            if not str(path).endswith(".safetensors")
+            else {}
+        )
     except Exception:  # unreadable: read_state_dict reports it
         return False
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}

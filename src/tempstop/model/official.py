@@ -58,7 +58,10 @@ def convert_tempme_state_dict(
         raise OfficialCheckpointError(str(exc)) from None
     rank = _lora_rank(lora, arch.vision_layers, arch.text_layers, source)
     layers = sorted(pos)
-    rows = [_pos_rows(pos[i], arch.vision_width, f"{source}: clip.visual.transformer.resblocks.{i}") for i in layers]
+    rows = [
+        _pos_rows(pos[i], arch.vision_width, f"{source}: clip.visual.transformer.resblocks.{i}")
+        for i in layers
+    ]
     cfg = ModelConfig(
         backbone=f"openai-vit-w{arch.vision_width}-l{arch.vision_layers}-p{arch.patch_size}-{arch.image_size}px",
         architecture=arch,
@@ -105,7 +108,9 @@ def _unwrap(state: object, source: str) -> dict[str, torch.Tensor]:
         )
     outside = sorted(k for k in state if not k.startswith("clip."))
     if outside:
-        raise OfficialCheckpointError(f"{source}: unexpected key {outside[0]!r} (TempMe keeps every tensor under clip.)")
+        raise OfficialCheckpointError(
+            f"{source}: unexpected key {outside[0]!r} (TempMe keeps every tensor under clip.)"
+        )
     return {k[len("clip.") :]: v for k, v in state.items()}
 
 

@@ -168,8 +168,12 @@ def join_sequences(
     x = x.view(b, -1, k, n, d)  # [B, C', k, N, D]
     size = size.view(b, -1, k, n)
     m = n - n_cls
-    joined = torch.cat([x[:, :, :, :n_cls].reshape(-1, k * n_cls, d), x[:, :, :, n_cls:].reshape(-1, k * m, d)], 1)
-    sizes = torch.cat([size[:, :, :, :n_cls].reshape(-1, k * n_cls), size[:, :, :, n_cls:].reshape(-1, k * m)], 1)
+    joined = torch.cat(
+        [x[:, :, :, :n_cls].reshape(-1, k * n_cls, d), x[:, :, :, n_cls:].reshape(-1, k * m, d)], 1
+    )
+    sizes = torch.cat(
+        [size[:, :, :, :n_cls].reshape(-1, k * n_cls), size[:, :, :, n_cls:].reshape(-1, k * m)], 1
+    )
     seq = torch.arange(k, device=x.device)
     origin = torch.cat([seq.repeat_interleave(n_cls), seq.repeat_interleave(m)])  # [k * N]
     return joined, sizes, origin

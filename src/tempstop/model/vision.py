@@ -157,7 +157,9 @@ def _cross_clip(w: _Walker, plan: LayerPlan, pos: torch.Tensor) -> int:
     k = plan.clipme_k
     g, n, d = w.x.shape
     sequences = g // w.b
-    x, size, origin = join_sequences(w.x.view(w.b, sequences, n, d), w.sizes().view(w.b, sequences, n), w.n_cls, k)
+    x, size, origin = join_sequences(
+        w.x.view(w.b, sequences, n, d), w.sizes().view(w.b, sequences, n), w.n_cls, k
+    )
     w.n_cls *= k
     total = x.shape[1]
     r = merge_count(total, w.n_cls, plan.cross_merge)
