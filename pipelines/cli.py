@@ -20,6 +20,7 @@ STAGE_MODULES = [
     "train",
     "evaluate",
     "search",
+    "serve",
     "promote",
     "plots",
     "train_phase",

@@ -1,9 +1,14 @@
 """Stages `index` and `search`: embed a video collection once, then query it with text.
 
-    tempstop index --checkpoint outputs/checkpoints/best_model.pth --data data/demo/test --out outputs/index
+    tempstop index --checkpoint outputs/stop/best_model.pth --videos ~/my_videos --out outputs/index
+    tempstop index --checkpoint models:/tempstop-unified@champion --data data/demo --split test --out outputs/index
     tempstop search --index outputs/index "a red circle moves left, then a blue square moves up" --top-k 5
 
-Without a query, ``search`` reads one query per line from standard input (the model is
+``--videos`` indexes every video under a folder (mp4, mkv, webm, avi, mov, m4v; no
+annotations needed), incrementally: a re-run embeds only new or changed files and drops deleted
+ones. ``--data`` indexes a dataset split (its frame store, extracted first if needed). Either
+way the index is a folder (layout: ``tempstop.collection.manifest``) that ``tempstop serve``
+serves. Without a query, ``search`` reads one query per line from standard input (the model is
 loaded once, so each further query costs milliseconds).
 """
 
@@ -14,27 +19,29 @@ import json
 import sys
 import time
 
-from pipelines.common import add_params_arg, load_params
+from ..common import add_params_arg, load_params
 
 
 def register(sub) -> None:
     """Add the ``index`` and ``search`` sub-commands."""
     p = sub.add_parser(
         "index",
-        help="embed a video collection into a search index",
-        description="Embed every video of --data (a frame store, a split folder, or a dataset root "
-        "with --split) with a checkpoint's video encoder; write normalised embeddings, video ids, "
-        "files and the model config to --out (a .pt file or a folder).",
+        help="embed a folder of videos (or a dataset split) into a search index",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file or models:/NAME@alias")
-    p.add_argument("--data", required=True, help="frame store, split folder or dataset root")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--videos", help="a folder of videos, searched recursively")
+    source.add_argument("--data", help="frame store, split folder or dataset root (with --split)")
     p.add_argument("--split", default=None, help="split under a dataset root (default: evaluate.split)")
-    p.add_argument("--out", required=True, help="index file (*.pt) or folder")
-    p.add_argument("--float32", action="store_true", help="store float32 embeddings (default float16)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: evaluate.batch_size")
-    p.add_argument(
-        "--cache", default=None, help="frame cache for raw splits (default: training.frames_cache)"
-    )
+    p.add_argument("--out", required=True, help="the index folder (created or updated)")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (--videos)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds a video may take to decode (--videos)")
+    p.add_argument("--batch-size", type=int, default=None, help="videos per model batch (default: evaluate.batch_size)")
+    p.add_argument("--shard-size", type=int, default=1000, help="videos per shard file")
+    p.add_argument("--vector-index", default=None, help="vector index type (default: by collection size)")
+    p.add_argument("--cache", default=None, help="frame cache for raw splits (default: training.frames_cache)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--no-progress", action="store_true")
     add_params_arg(p)
@@ -43,13 +50,15 @@ def register(sub) -> None:
     q = sub.add_parser(
         "search",
         help="rank the videos of an index for a text query",
-        description="Encode the query with the index's checkpoint (or --checkpoint) and print the "
-        "top-k videos by cosine similarity. No query: read queries from stdin, one per line.",
+        description="Encode the query with the index's model and print the top-k videos by cosine "
+        "similarity. No query: read queries from stdin, one per line.",
     )
     q.add_argument("query", nargs="*", help="query text (several words; quote it or not)")
-    q.add_argument("--index", required=True, help="index file or folder written by tempstop index")
-    q.add_argument("--checkpoint", default=None, help="checkpoint to encode text with (default: the index's)")
+    q.add_argument("--index", required=True, help="index folder written by tempstop index")
+    q.add_argument("--checkpoint", default=None, help="the index's model from another place (must be the same)")
     q.add_argument("--top-k", type=int, default=5)
+    q.add_argument("--min-duration", type=float, default=None, help="only videos at least this long (s)")
+    q.add_argument("--max-duration", type=float, default=None, help="only videos at most this long (s)")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.add_argument("--timings", action="store_true", help="print where the time went")
     q.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -57,78 +66,91 @@ def register(sub) -> None:
 
 
 def main_index(args: argparse.Namespace) -> int:
-    """Build and save the index; exit 2 when the checkpoint or data cannot be used."""
+    """Build or update the index; exit 2 with one line when the checkpoint or data cannot be used."""
     import torch
 
-    from pipelines.stages.evaluate import resolve_data
-    from pipelines.tracking import TrackingError
-    from tempstop.data.extract import ensure_store
-    from tempstop.data.store import FrameStore, StoreError
-    from tempstop.search import build_index, save_index
+    from tempstop.collection import CollectionError, IndexSettings, index_store, index_videos
+    from tempstop.data.store import StoreError
+    from tempstop.loading import model_identity
     from tempstop.training.checkpoint import CheckpointError, load_model
+
+    from ..tracking import tracking_uri
 
     params = load_params(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        checkpoint = args.checkpoint
-        if checkpoint.startswith(("models:/", "runs:/")):
-            from pipelines.tracking import resolve_model_uri
-
-            checkpoint = resolve_model_uri(checkpoint, params)
-        model, cfg, _ = load_model(checkpoint, device)
-        path, _ = resolve_data(args.data, args.split or params.evaluate.split)
-        store = FrameStore(ensure_store(path, args.cache or params.training.frames_cache, cfg.extract))
-        index = build_index(
-            model,
-            store,
-            device,
-            cfg.to_dict(),
-            checkpoint,
-            args.batch_size or params.evaluate.batch_size,
-            torch.float32 if args.float32 else torch.float16,
-            progress=not args.no_progress,
-        )
-    except (CheckpointError, StoreError, TrackingError, FileNotFoundError) as exc:
+        path, info = model_identity(args.checkpoint, tracking_uri(params))
+        model, cfg, _ = load_model(path, device)
+        store = None if args.videos else _open_split(args, params, cfg)
+        settings = IndexSettings(
+            frames=store.frames if store else cfg.model.frames,
+            size=store.size if store else getattr(model, "image_size", cfg.extract.size),
+            shard_size=args.shard_size, batch_size=args.batch_size or params.evaluate.batch_size,
+            workers=args.workers, timeout_s=args.timeout, vector_index=args.vector_index,
+        )  # fmt: skip
+        progress = not args.no_progress
+        if store is None:
+            summary = index_videos(model, args.videos, args.out, settings, info, device, progress)
+        else:
+            summary = index_store(model, store, args.out, settings, info, device, progress)
+    except (CheckpointError, StoreError, CollectionError, FileNotFoundError, ValueError) as exc:
         print(f"tempstop index: {exc}", file=sys.stderr)
         return 2
-    target = save_index(index, args.out)
-    n, d = index["embeddings"].shape
-    print(f"indexed {n} videos ({d}-d, {index['embeddings'].dtype}) in {index['seconds']:.1f} s -> {target}")
+    for failure in summary["failed"]:
+        print(f"  failed: {failure['path']}: {failure['reason']}", file=sys.stderr)
+    print(
+        f"indexed {summary['videos']} videos ({summary['embedded']} embedded, {summary['reused']} unchanged, "
+        f"{summary['removed']} removed, {len(summary['failed'])} failed) in {summary['seconds']:.1f} s -> "
+        f"{summary['index']} ({summary['vector_index']['type'] if summary['vector_index'] else 'empty'})"
+    )
     return 0
 
 
-def _print_hits(query: str, hits: list[dict]) -> None:
-    print(f"query: {query}")
-    for h in hits:
-        where = f"  {h['file']}" if h["file"] else ""
-        seg = f" [{h['segment'][0]:.1f}-{h['segment'][1]:.1f} s]" if h["segment"] else ""
-        print(f"{h['rank']:3d}. {h['score']:.4f}  {h['video_id']}{seg}{where}")
+def _open_split(args, params, cfg):
+    """The frame store of ``--data`` (a split folder is extracted into the frame cache first)."""
+    from tempstop.data.extract import ensure_store
+    from tempstop.data.store import FrameStore
+
+    from .evaluate import resolve_data
+
+    path, _ = resolve_data(args.data, args.split or params.evaluate.split)
+    return FrameStore(ensure_store(path, args.cache or params.training.frames_cache, cfg.extract))
 
 
 def main_search(args: argparse.Namespace) -> int:
     """Print the top-k videos for the query (or each stdin line)."""
-    from tempstop.search import SearchIndexError, VideoSearch
+    from tempstop.collection import MAX_TOP_K, CollectionError, Filters, open_collection
     from tempstop.training.checkpoint import CheckpointError
 
     t0 = time.perf_counter()
+    if not 1 <= args.top_k <= MAX_TOP_K:
+        print(f"tempstop search: --top-k must be 1..{MAX_TOP_K}", file=sys.stderr)
+        return 2
     try:
-        engine = VideoSearch.open(args.index, args.checkpoint, args.device)
-    except (SearchIndexError, CheckpointError) as exc:
+        engine = open_collection(args.index, args.checkpoint, args.device)
+    except (CollectionError, CheckpointError, FileNotFoundError) as exc:
         print(f"tempstop search: {exc}", file=sys.stderr)
         return 2
+    filters = Filters(min_duration=args.min_duration, max_duration=args.max_duration)
     queries = [" ".join(args.query)] if args.query else (line.strip() for line in sys.stdin)
     for query in queries:
         if not query:
             continue
-        hits = engine.search(query, args.top_k)
+        hits = engine.search([query], args.top_k, filters)[0]
         if args.json:
             print(json.dumps({"query": query, "hits": hits}))
         else:
-            _print_hits(query, hits)
+            _print_hits(query, hits, engine)
         if args.timings:
             parts = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in engine.timings.items())
-            print(
-                f"[{len(engine)} videos; {parts}; total {(time.perf_counter() - t0) * 1000:.0f} ms]",
-                file=sys.stderr,
-            )
+            print(f"[{len(engine)} videos; {parts}; total {(time.perf_counter() - t0) * 1000:.0f} ms]", file=sys.stderr)
     return 0
+
+
+def _print_hits(query: str, hits: list[dict], engine) -> None:
+    print(f"query: {query}")
+    root = engine.manifest["root"]
+    for h in hits:
+        seg = f" [{h['segment'][0]:.1f}-{h['segment'][1]:.1f} s]" if h.get("segment") else ""
+        where = f"  {root}/{h['path']}" if h["path"] else ""
+        print(f"{h['rank']:3d}. {h['score']:.4f}  {h['video_id']}{seg}{where}")

@@ -40,6 +40,29 @@ def load_model(source: str | Path, device: str = "cpu", tracking_uri: str | None
     return model
 
 
+def model_identity(source: str | Path, tracking_uri: str | None = None) -> tuple[Path, dict]:
+    """The local checkpoint of ``source`` and what identifies the model in it:
+    ``{"source", "checkpoint", "sha256", "registry"}``. ``sha256`` is of the checkpoint's bytes
+    (the same for a registered version and the file it was made from). For a ``models:/``
+    source, ``source`` is pinned to the version (``models:/NAME/VERSION``: an alias moves) and
+    ``registry`` is ``{"name", "version", "alias"}``; otherwise ``registry`` is None."""
+    import hashlib
+
+    uri = str(source)
+    path, version = _download(uri, tracking_uri, None) if is_registry_uri(uri) else (Path(uri), None)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    registry = None
+    if uri.startswith("models:/"):
+        name, alias, _ = _parse_models_uri(uri)
+        registry = {"name": name, "alias": alias, "version": str(version)}
+        uri = f"models:/{name}/{version}"
+    info = {"source": uri, "checkpoint": str(path.resolve()), "sha256": digest.hexdigest(), "registry": registry}
+    return path, info
+
+
 def is_registry_uri(source: str | Path) -> bool:
     """``models:/...`` or ``runs:/...``."""
     return str(source).startswith(_REGISTRY_SCHEMES)
@@ -62,11 +85,16 @@ def resolve_checkpoint(
     ``.tempstop/models/``; per version, so a moved alias is picked up and an unchanged one is
     not downloaded again).
     """
-    from tempstop.training.checkpoint import CheckpointError
-
     uri = str(source)
     if not is_registry_uri(uri):
         return Path(uri)
+    return _download(uri, tracking_uri, cache_dir)[0]
+
+
+def _download(uri: str, tracking_uri: str | None, cache_dir: str | Path | None) -> tuple[Path, str | None]:
+    """The checkpoint of a registry URI, downloaded once, and the model version it is."""
+    from tempstop.training.checkpoint import CheckpointError
+
     try:
         import mlflow
         from mlflow import MlflowClient
@@ -96,7 +124,7 @@ def resolve_checkpoint(
         artifacts = f"models:/{name}/{version}"
     else:
         target = cache / "runs" / _safe(uri.removeprefix("runs:/"))
-        artifacts = uri
+        artifacts, version = uri, None
     found = _find_checkpoint(target)
     if found is None:
         target.mkdir(parents=True, exist_ok=True)
@@ -110,7 +138,7 @@ def resolve_checkpoint(
     if found is None:
         raise CheckpointError(f"{uri} holds no checkpoint file ({', '.join(_CHECKPOINT_SUFFIXES)})")
     log.info("%s -> %s", uri, found)
-    return found
+    return found, version
 
 
 def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:

@@ -95,10 +95,14 @@ def test_index_and_search(trained, tmp_path, capsys):
     rc = cli(["index", "--checkpoint", str(out / "best_model.pth"), "--data", str(store), "--out", str(tmp_path / "idx"),
               "--no-progress"])  # fmt: skip
     assert rc == 0
-    index = torch.load(tmp_path / "idx" / "index.pt", weights_only=True)
-    assert index["embeddings"].shape == (16, 8) and index["embeddings"].dtype == torch.float16
-    assert torch.allclose(index["embeddings"].float().norm(dim=1), torch.ones(16), atol=1e-2)
-    assert json.loads((tmp_path / "idx" / "videos.json").read_text())[0]["video_id"] == "v000"
+    from tempstop.collection.manifest import live_embeddings, read_manifest
+
+    manifest = read_manifest(tmp_path / "idx")
+    vectors = live_embeddings(tmp_path / "idx", manifest)
+    assert vectors.shape == (16, 8) and manifest["source"] == "store"
+    assert torch.allclose(torch.from_numpy(vectors).norm(dim=1), torch.ones(16), atol=1e-2)
+    assert manifest["videos"][0]["video_id"] == "v000"
+    assert all((tmp_path / "idx" / v["thumbnail"]).is_file() for v in manifest["videos"])
     capsys.readouterr()
     assert (
         cli(
@@ -122,22 +126,22 @@ def test_index_and_search(trained, tmp_path, capsys):
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
 
 
-def test_search_single_file_index_and_stdin(trained, tmp_path, capsys, monkeypatch):
+def test_search_reads_queries_from_stdin(trained, tmp_path, capsys, monkeypatch):
     import io
 
     _, store, out = trained
     assert cli(["index", "--checkpoint", str(out / "best_model.pth"), "--data", str(store),
-                "--out", str(tmp_path / "i.pt"), "--float32", "--no-progress"]) == 0  # fmt: skip
+                "--out", str(tmp_path / "i"), "--no-progress"]) == 0  # fmt: skip
     capsys.readouterr()
     monkeypatch.setattr("sys.stdin", io.StringIO("red circle\n\nblue square moves up\n"))
-    assert cli(["search", "--index", str(tmp_path / "i.pt"), "--top-k", "2"]) == 0
+    assert cli(["search", "--index", str(tmp_path / "i"), "--top-k", "2"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("query:") == 2 and "  1. " in printed
 
 
 def test_search_reports_missing_index(tmp_path, capsys):
     assert cli(["search", "--index", str(tmp_path / "nothing"), "query"]) == 2
-    assert "no index here" in capsys.readouterr().err
+    assert "no collection index here" in capsys.readouterr().err
 
 
 def test_train_unified_model_script_uses_the_guide_config(fake_model, tmp_path, monkeypatch):

@@ -176,9 +176,10 @@ def test_evaluate_index_search_on_a_raw_split(tiny_demo_root, tmp_path, capsys):
     assert result["split"] == "test" and result["num_videos"] == 8 and result["num_queries"] == 8
     assert result["datatype"] == "demo" and "t2v_dsl" in result
     assert any(p.name.startswith("test-") for p in cache.iterdir())  # extracted into the cache
-    assert cli(["index", "--checkpoint", best, *args, "--out", str(tmp_path / "idx.pt")]) == 0
+    assert cli(["index", "--checkpoint", best, *args, "--out", str(tmp_path / "idx")]) == 0
     capsys.readouterr()
     query = "a red circle moves left, then a blue square moves up"
-    assert cli(["search", "--index", str(tmp_path / "idx.pt"), query, "--top-k", "3", "--json"]) == 0
+    assert cli(["search", "--index", str(tmp_path / "idx"), query, "--top-k", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
-    assert len(hits) == 3 and hits[0]["file"].endswith(".mp4") and Path(hits[0]["file"]).is_file()
+    root = Path(json.loads((tmp_path / "idx" / "manifest.json").read_text())["root"])
+    assert len(hits) == 3 and hits[0]["path"].endswith(".mp4") and (root / hits[0]["path"]).is_file()
