@@ -126,6 +126,11 @@ def main(args) -> int:
     print(f"  candidate  version {result['version']}: {_fmt(result['score'])}")
     print(f"  champion   version {champ if champ else '-'}: {_fmt(result['champion_score'])}")
     print(f"  -> version {result['version']} {result['action']}")
+    if result["action"] == "promoted to champion":
+        from ..events import emit_champion_moved
+
+        if emit_champion_moved(result["model"], result["version"], champ, result["score"]):
+            print("  event tempstop.champion.moved sent (the reindex-on-promotion deployment re-embeds the collection)")
     if args.json_out:
         from tempstop.utils import atomic_write_json
 

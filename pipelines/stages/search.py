@@ -64,6 +64,26 @@ def register(sub) -> None:
     q.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     q.set_defaults(func=main_search)
 
+    r = sub.add_parser(
+        "reindex",
+        help="embed a collection with another model into a new index version and make it current",
+        description="Index the videos with --checkpoint (e.g. models:/tempstop-unified@champion after a "
+        "promotion) into INDEX/<version> (v<N> for a registry version, sha-<hash> for a file), then point "
+        "INDEX/CURRENT at it atomically: a running `tempstop serve --index INDEX` swaps to it without "
+        "dropping a query. The videos default to the folder the current version covers.",
+    )
+    r.add_argument("--index", required=True, help="the versioned index root (holds CURRENT)")
+    r.add_argument("--checkpoint", required=True, help="checkpoint file or models:/NAME@alias")
+    r.add_argument("--videos", default=None, help="folder to index (default: the current version's)")
+    r.add_argument("--keep", type=int, default=2, help="versions kept, the live one included (default 2)")
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--timeout", type=float, default=120.0)
+    r.add_argument("--batch-size", type=int, default=None)
+    r.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    r.add_argument("--no-progress", action="store_true")
+    add_params_arg(r)
+    r.set_defaults(func=main_reindex)
+
 
 def main_index(args: argparse.Namespace) -> int:
     """Build or update the index; exit 2 with one line when the checkpoint or data cannot be used."""
@@ -102,6 +122,38 @@ def main_index(args: argparse.Namespace) -> int:
         f"indexed {summary['videos']} videos ({summary['embedded']} embedded, {summary['reused']} unchanged, "
         f"{summary['removed']} removed, {len(summary['failed'])} failed) in {summary['seconds']:.1f} s -> "
         f"{summary['index']} ({summary['vector_index']['type'] if summary['vector_index'] else 'empty'})"
+    )
+    return 0
+
+
+def main_reindex(args: argparse.Namespace) -> int:
+    """A new index version for the model, then CURRENT; exit 2 with one line on bad input."""
+    import torch
+
+    from tempstop.collection import CollectionError, IndexSettings
+    from tempstop.collection.versions import reindex
+    from tempstop.loading import model_identity
+    from tempstop.training.checkpoint import CheckpointError, load_model
+
+    from ..tracking import tracking_uri
+
+    params = load_params(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        path, info = model_identity(args.checkpoint, tracking_uri(params))
+        model, cfg, _ = load_model(path, device)
+        settings = IndexSettings(
+            frames=cfg.model.frames, size=getattr(model, "image_size", cfg.extract.size),
+            batch_size=args.batch_size or params.evaluate.batch_size, workers=args.workers, timeout_s=args.timeout,
+        )  # fmt: skip
+        summary = reindex(args.index, model, info, settings, args.videos, args.keep, device, not args.no_progress)
+    except (CheckpointError, CollectionError, FileNotFoundError, ValueError) as exc:
+        print(f"tempstop reindex: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.index}: CURRENT -> {summary['version']} (was {summary['previous']}); {summary['videos']} videos "
+        f"({summary['embedded']} embedded, {summary['reused']} unchanged, {len(summary['failed'])} failed) in "
+        f"{summary['seconds']:.1f} s" + (f"; removed {', '.join(summary['removed_versions'])}" if summary["removed_versions"] else "")
     )
     return 0
 
