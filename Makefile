@@ -21,11 +21,11 @@ GPU ?= 0
 QUEUE ?= default
 PREFECT_API := http://$(PREFECT_HOST):$(PREFECT_PORT)/api
 # Tools run from the venv, and DVC stages find `tempstop` and `python` there too.
-RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
+RUN := PATH="$(abspath $(BIN)):$$PATH"
 comma := ,
 
 .PHONY: setup demo smoke metrics test test-fast lint clean mlflow-ui tensorboard \
-	prefect-server prefect-worker deploy gpu-check
+	prefect-server prefect-worker deploy gpu-check serve serve-mlflow
 
 setup: $(STAMP)
 
@@ -97,3 +97,18 @@ clean:
 # (benchmarks/results/gpu.json). Without a GPU it says so and exits 0.
 gpu-check: setup
 	$(PY) benchmarks/gpu_check.py
+
+# Search: `make demo` indexes the demo test split into outputs/index; this serves it with its
+# web page on http://127.0.0.1:8000 (SERVE_PORT=...).
+SERVE_PORT ?= 8000
+serve: setup
+	$(RUN) tempstop serve --index outputs/index --port $(SERVE_PORT)
+
+# The registry's champion as an MLflow model server: POST /invocations with
+# {"dataframe_split": {"columns": ["text"], "data": [["a red circle moves left"]]}} -> embeddings.
+# PATH holds the venv's bin, where MLflow finds the server it starts.
+MLFLOW_MODEL ?= models:/tempstop-unified@champion
+MLFLOW_SERVE_PORT ?= 5001
+serve-mlflow: setup
+	$(RUN) MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" mlflow models serve \
+	  -m "$(MLFLOW_MODEL)" --env-manager local --host 127.0.0.1 --port $(MLFLOW_SERVE_PORT)

@@ -30,9 +30,12 @@ def test_prefect_yaml_declares_the_deployments():
     nightly = deployments["nightly-retrain"]
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
     assert deployments[DEPLOYMENT]["parameters"]["mode"] == "joint"
-    for d in deployments.values():
+    for name, d in deployments.items():
         assert d["work_pool"]["name"] == POOL
-        assert d["entrypoint"] == "pipelines/flows/retrain.py:retrain"
+        flow = "reindex.py:reindex_flow" if name == "reindex-on-promotion" else "retrain.py:retrain"
+        assert d["entrypoint"] == f"pipelines/flows/{flow}"
+    trigger = deployments["reindex-on-promotion"]["triggers"][0]
+    assert trigger["expect"] == ["tempstop.champion.moved"] and "event.payload.version" in trigger["parameters"]["model"]
     multi = deployments["joint-multi-gpu"]["work_pool"]["job_variables"]["env"]
     assert multi["CUDA_VISIBLE_DEVICES"] == "0,1,2,3" and multi["TEMPSTOP_NPROC"] == "4"
 
