@@ -122,3 +122,82 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---- a real Prefect server and process worker on loopback -------------------------------------
+def start_process(args: list[str], env: dict, log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``args`` in its own process group (stopping it stops its children too)."""
+    return subprocess.Popen(args, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """SIGTERM the process group, SIGKILL it if it does not stop within 20 s."""
+    import signal
+
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def tail(path: Path, n: int = 4000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+
+def prefect_env(tmp_path: Path, project: Path, port: int) -> dict:
+    """The environment of a Prefect server, the CLI and a worker serving ``project``."""
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "tempstop,pipelines",
+        "TEMPSTOP_ROOT": str(project),
+    }
+
+
+def start_prefect_server(env: dict, log: Path, timeout_s: float = 120) -> subprocess.Popen:
+    """``prefect server start`` on the port of ``env``'s API URL, once it answers /health."""
+    import time
+
+    import requests
+
+    api = env["PREFECT_API_URL"]
+    port = api.rsplit(":", 1)[1].split("/")[0]
+    server = start_process([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port], env, log)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(f"{api}/health", timeout=2).ok:
+                return server
+        except requests.RequestException:
+            pass
+        assert server.poll() is None, f"server exited:\n{tail(log)}"
+        assert time.monotonic() < deadline, f"server not up in {timeout_s} s:\n{tail(log)}"
+        time.sleep(1)
+
+
+def prefect_cli(args: list[str], env: dict, cwd: Path) -> str:
+    """``prefect ARGS`` in ``cwd``; its output (fails the test on a non-zero exit)."""
+    proc = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=180)  # fmt: skip
+    assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture
+def prefect_tools():
+    """The Prefect process helpers above, for tests."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(start_process=start_process, stop_process=stop_process, tail=tail, env=prefect_env,
+                           start_server=start_prefect_server, cli=prefect_cli)  # fmt: skip

@@ -7,9 +7,6 @@ on localhost with a temporary PREFECT_HOME and database, at smoke size on the CP
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,69 +37,17 @@ def test_prefect_yaml_declares_the_deployments():
     assert multi["CUDA_VISIBLE_DEVICES"] == "0,1,2,3" and multi["TEMPSTOP_NPROC"] == "4"
 
 
-def _start(args, env, log: Path) -> subprocess.Popen:
-    # Own process group, so stopping it also stops the server's uvicorn / the flow-run children.
-    return subprocess.Popen(
-        args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def _cli(args, env, cwd) -> str:
-    proc = subprocess.run(
-        [str(BIN / "prefect"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=180
-    )
-    assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
-def _tail(path: Path, n: int = 4000) -> str:
-    return path.read_text(errors="replace")[-n:] if path.exists() else ""
-
-
-def test_deployment_runs_to_completion_on_a_process_worker(tmp_path, helpers):
+def test_deployment_runs_to_completion_on_a_process_worker(tmp_path, helpers, prefect_tools):
+    pt = prefect_tools
     project = helpers.copy_project(tmp_path / "project", helpers.smoke_overrides())
-    port = helpers.free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
-        "PREFECT_API_URL": api,
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "tempstop,pipelines",
-        "TEMPSTOP_ROOT": str(project),
-    }
+    env = pt.env(tmp_path, project, helpers.free_port())
+    api = env["PREFECT_API_URL"]
     env.pop("MLFLOW_TRACKING_URI", None)
     server = worker = None
     try:
-        server = _start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                        env, tmp_path / "server.log")  # fmt: skip
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{api}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert server.poll() is None, f"server exited:\n{_tail(tmp_path / 'server.log')}"
-            assert time.monotonic() < deadline, f"server not up in 120 s:\n{_tail(tmp_path / 'server.log')}"
-            time.sleep(1)
-
-        _cli(["work-pool", "create", POOL, "--type", "process"], env, project)
-        _cli(["--no-prompt", "deploy", "--all"], env, project)  # every deployment of prefect.yaml
+        server = pt.start_server(env, tmp_path / "server.log")
+        pt.cli(["work-pool", "create", POOL, "--type", "process"], env, project)
+        pt.cli(["--no-prompt", "deploy", "--all"], env, project)  # every deployment of prefect.yaml
         deployment = requests.get(f"{api}/deployments/name/{FLOW}/{DEPLOYMENT}", timeout=10).json()
         assert deployment["work_pool_name"] == POOL
         nightly = requests.get(f"{api}/deployments/name/{FLOW}/nightly-retrain", timeout=10).json()
@@ -116,23 +61,20 @@ def test_deployment_runs_to_completion_on_a_process_worker(tmp_path, helpers):
         assert created.ok, created.text
         run_id = created.json()["id"]
 
-        worker = _start([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--limit", "1"],
-                        env, tmp_path / "worker.log")  # fmt: skip
+        worker = pt.start_process([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
+                                   "--limit", "1"], env, tmp_path / "worker.log")  # fmt: skip
         deadline = time.monotonic() + 420
         while True:
             state = requests.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]
             if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
-            assert worker.poll() is None, f"worker exited:\n{_tail(tmp_path / 'worker.log')}"
-            assert time.monotonic() < deadline, (
-                f"run still {state['type']}:\n{_tail(tmp_path / 'worker.log')}"
-            )
+            assert worker.poll() is None, f"worker exited:\n{pt.tail(tmp_path / 'worker.log')}"
+            assert time.monotonic() < deadline, f"run still {state['type']}:\n{pt.tail(tmp_path / 'worker.log')}"
             time.sleep(3)
-        assert state["type"] == "COMPLETED", f"{state}\n{_tail(tmp_path / 'worker.log', 8000)}"
+        assert state["type"] == "COMPLETED", f"{state}\n{pt.tail(tmp_path / 'worker.log', 8000)}"
     finally:
         for proc in (worker, server):
-            if proc is not None:
-                _stop(proc)
+            pt.stop_process(proc)
 
     evaluation = json.loads((project / "metrics/eval.json").read_text())
     assert 0 <= evaluation["t2v"]["R1"] <= 100
