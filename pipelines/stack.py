@@ -139,6 +139,11 @@ class Stack:
         user, data, sock = _pg_user(), self.root / "postgres", self.root / "postgres-run"
         creds, log = self._credentials(), self.logs / "postgres.log"
         sock.mkdir(exist_ok=True)
+        if user and subprocess.run(["runuser", "-u", user, "--", "test", "-w", str(sock.parent)]).returncode:
+            self.root.chmod(0o755)  # our own folder; its parents must let the user through
+            if subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(self.root)]).returncode:
+                raise StackError(f"{self.root}: the '{user}' user PostgreSQL runs as cannot reach this folder "
+                                 "(a parent folder is private); put the stack elsewhere with --dir")  # fmt: skip
         if user:  # the data folder and the log belong to the user PostgreSQL runs as
             log.touch()
             for path in (sock, log):
@@ -207,7 +212,7 @@ class Stack:
         if pid is None or not _alive(pid):
             return False
         try:
-            return requests.get(self._health_url(name, state), timeout=2).ok
+            return requests.get(self._health_url(name, state), timeout=10).ok
         except requests.RequestException:
             return False
 

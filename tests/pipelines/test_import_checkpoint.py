@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tempstop
-from pipelines import cli
+from tempstop_pipelines import cli
 from tempstop.data.store import array_relpath, save_array, write_index
 from tempstop.data.transforms import frames_to_tensor
 

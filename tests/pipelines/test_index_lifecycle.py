@@ -24,10 +24,10 @@ POOL = "gpu-pool"
 
 def _register(project: Path, seed: int, score: float) -> str:
     """A random tiny model (4 frames) registered as a new version with validation R@1 ``score``."""
-    from pipelines.tracking import open_tracker
     from tempstop.config import UnifiedModelConfig
     from tempstop.model import create_unified_model
     from tempstop.training.checkpoint import save_checkpoint
+    from tempstop_pipelines.tracking import open_tracker
 
     cfg = UnifiedModelConfig().with_overrides({"model.frames": 4})
     torch.manual_seed(seed)
@@ -41,8 +41,8 @@ def _register(project: Path, seed: int, score: float) -> str:
 def _serve(index: Path):
     import uvicorn
 
-    from pipelines.serve.app import create_app
-    from pipelines.serve.engine import EngineHolder, load_engine
+    from tempstop_pipelines.serve.app import create_app
+    from tempstop_pipelines.serve.engine import EngineHolder, load_engine
 
     app = create_app(EngineHolder(index, load_engine(index)), watch_interval_s=0.3)
     with socket.socket() as s:
@@ -64,9 +64,9 @@ def test_promotion_reindexes_and_the_service_swaps(tmp_path, helpers, prefect_to
     sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
     from media import make_clip
 
-    from pipelines import cli
-    from pipelines.stages.promote import promote
+    from tempstop_pipelines import cli
     from tempstop.config import UnifiedModelConfig
+    from tempstop_pipelines.stages.promote import promote
 
     pt = prefect_tools
     project = helpers.copy_project(tmp_path / "project")

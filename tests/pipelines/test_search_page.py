@@ -39,7 +39,7 @@ def demo_index(tmp_path_factory):
     """The demo test split indexed with the fixture model; returns (index dir, annotations)."""
     import json
 
-    from pipelines import cli
+    from tempstop_pipelines import cli
     from tempstop.config import DemoConfig
     from tempstop.data.demo import generate_demo
 
@@ -69,8 +69,8 @@ def _a_query_the_model_gets_right(index: Path, items: list[dict]) -> tuple[str, 
 def service(demo_index):
     import uvicorn
 
-    from pipelines.serve.app import create_app
-    from pipelines.serve.engine import EngineHolder, load_engine
+    from tempstop_pipelines.serve.app import create_app
+    from tempstop_pipelines.serve.engine import EngineHolder, load_engine
 
     index, _ = demo_index
     app = create_app(EngineHolder(index, load_engine(index)), watch_interval_s=None)
