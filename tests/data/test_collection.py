@@ -155,3 +155,11 @@ def _hangs_on_slow(job):
     if job["path"].endswith("slow.mp4"):
         time.sleep(60)
     return decode_for_index(job)
+
+
+def test_an_empty_folder_is_an_empty_index(tmp_path, model):
+    (tmp_path / "videos").mkdir()
+    summary = index_videos(model, tmp_path / "videos", tmp_path / "index", SETTINGS, INFO, progress=False)
+    assert summary["videos"] == 0 and summary["vector_index"] is None
+    engine = CollectionSearch(tmp_path / "index", model, INFO)
+    assert len(engine) == 0 and engine.search(["anything"], top_k=3) == [[]]

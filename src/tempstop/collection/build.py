@@ -244,11 +244,15 @@ def _finish(out: Path, manifest: dict, settings: IndexSettings) -> dict:
         if f"{mf.THUMBS_DIR}/{thumb.name}" not in referenced:
             thumb.unlink(missing_ok=True)
     vectors = mf.live_embeddings(out, manifest)
-    spec = vi.choose_index_spec(len(vectors), manifest["dim"], settings.vector_index)
-    index = vi.build_index(vectors, np.arange(len(vectors), dtype=np.int64), spec)
-    vi.save_index(index, out / mf.VECTORS_FILE)
-    manifest["vector_index"] = {"file": mf.VECTORS_FILE, "rows": len(vectors), "spec": spec.to_dict(),
-                                "describe": vi.describe(index)}  # fmt: skip
+    if len(vectors) == 0:  # nothing indexed (yet): a valid, empty index
+        (out / mf.VECTORS_FILE).unlink(missing_ok=True)
+        manifest["vector_index"] = {"file": None, "rows": 0, "spec": None, "describe": None}
+    else:
+        spec = vi.choose_index_spec(len(vectors), manifest["dim"], settings.vector_index)
+        index = vi.build_index(vectors, np.arange(len(vectors), dtype=np.int64), spec)
+        vi.save_index(index, out / mf.VECTORS_FILE)
+        manifest["vector_index"] = {"file": mf.VECTORS_FILE, "rows": len(vectors), "spec": spec.to_dict(),
+                                    "describe": vi.describe(index)}  # fmt: skip
     mf.write_manifest(out, manifest)
     return {"videos": len(manifest["videos"]), "failed": list(manifest["failed"]), "index": str(out),
             "vector_index": manifest["vector_index"]["describe"]}  # fmt: skip
