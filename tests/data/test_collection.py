@@ -14,7 +14,7 @@ import torch
 from media import make_clip, truncate
 
 from tempstop.collection import CollectionError, CollectionSearch, Filters, IndexSettings, index_videos
-from tempstop.collection import build as build_mod
+from tempstop.collection import shards as shards_mod
 from tempstop.collection.manifest import live_embeddings, read_manifest
 from tempstop.collection.scan import inside, scan_videos
 from tempstop.config import ModelConfig
@@ -103,7 +103,7 @@ def test_index_search_and_incremental_rerun(tmp_path, model):
 def test_an_interrupted_run_keeps_its_finished_shards(tmp_path, model, monkeypatch):
     root = _collection(tmp_path / "videos")
     out = tmp_path / "index"
-    real_embed, calls = build_mod._embed, []
+    real_embed, calls = shards_mod._embed, []
 
     def dies_on_third_batch(*args):
         calls.append(1)
@@ -111,16 +111,18 @@ def test_an_interrupted_run_keeps_its_finished_shards(tmp_path, model, monkeypat
             raise KeyboardInterrupt  # as a kill during the third batch
         return real_embed(*args)
 
-    monkeypatch.setattr(build_mod, "_embed", dies_on_third_batch)
+    monkeypatch.setattr(shards_mod, "_embed", dies_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         index_videos(model, root, out, SETTINGS, INFO, progress=False)
     partial = read_manifest(out)
-    assert len(partial["videos"]) == 4 and partial["vector_index"] is None  # two shards of two
+    # shards of two in path order: [a, b] [broken, e] [sub/c, sub/deeper/d]; the third died
+    assert [v["path"] for v in partial["videos"]] == ["a.mp4", "b.mkv", "e.webm"] and partial["vector_index"] is None
     with pytest.raises(CollectionError, match="incomplete"):
         CollectionSearch(out, model, INFO)
-    monkeypatch.setattr(build_mod, "_embed", real_embed)
+    monkeypatch.setattr(shards_mod, "_embed", real_embed)
     resumed = index_videos(model, root, out, SETTINGS, INFO, progress=False)
-    assert (resumed["reused"], resumed["embedded"], resumed["videos"]) == (4, 1, 5)
+    assert (resumed["reused"], resumed["embedded"], resumed["videos"]) == (3, 2, 5)
+    assert not (out / "work").exists()  # every shard's work folder merged and removed
 
 
 def test_another_model_is_refused_and_a_new_model_reindexes(tmp_path, model):
@@ -139,7 +141,7 @@ def test_a_hanging_decoder_is_listed_and_skipped(tmp_path, model, monkeypatch):
     root = tmp_path / "videos"
     make_clip(root / "ok.mp4", n=8)
     shutil.copy(root / "ok.mp4", root / "slow.mp4")
-    monkeypatch.setattr(build_mod, "decode_for_index", _hangs_on_slow)
+    monkeypatch.setattr(shards_mod, "decode_for_index", _hangs_on_slow)
     summary = index_videos(model, root, tmp_path / "index", IndexSettings(4, 64, workers=1, timeout_s=3), INFO,
                            progress=False)  # fmt: skip
     assert summary["videos"] == 1 and summary["failed"][0]["path"] == "slow.mp4"
@@ -163,3 +165,28 @@ def test_an_empty_folder_is_an_empty_index(tmp_path, model):
     assert summary["videos"] == 0 and summary["vector_index"] is None
     engine = CollectionSearch(tmp_path / "index", model, INFO)
     assert len(engine) == 0 and engine.search(["anything"], top_k=3) == [[]]
+
+
+def test_a_shard_decoded_before_a_crash_is_not_decoded_again(tmp_path, model, monkeypatch):
+    root = tmp_path / "videos"
+    for i, n in enumerate((6, 8, 10)):
+        make_clip(root / f"v{i}.mp4", n=n)
+    out = tmp_path / "index"
+    settings = IndexSettings(frames=4, size=64, shard_size=10, workers=1)
+
+    def crash(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shards_mod, "embed_shard", crash)
+    with pytest.raises(KeyboardInterrupt):
+        index_videos(model, root, out, settings, INFO, progress=False)
+    decoded = list((out / "work").glob("*/decoded.json"))
+    assert len(decoded) == 1 and (decoded[0].parent / "frames.npy").is_file()
+    monkeypatch.undo()
+    monkeypatch.setattr(shards_mod, "decode_for_index", _must_not_run)  # resuming must not decode again
+    summary = index_videos(model, root, out, settings, INFO, progress=False)
+    assert summary["videos"] == 3 and not summary["failed"]  # a decode would have failed every video
+
+
+def _must_not_run(job):
+    raise AssertionError("decoded again")

@@ -10,9 +10,14 @@ embeds only what is missing.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,8 @@ import numpy as np
 import torch
 
 from tempstop.collection import manifest as mf
-from tempstop.collection.decode import decode_for_index, thumbnail_strip
+from tempstop.collection import shards
+from tempstop.collection.decode import thumbnail_strip
 from tempstop.collection.scan import FoundVideo, file_hash, scan_videos
 from tempstop.utils import atomic_write
 
@@ -45,48 +51,6 @@ class IndexSettings:
     def recorded(self) -> dict[str, Any]:
         """What must stay the same for old rows to be reused (not workers, batch or timeout)."""
         return {k: v for k, v in asdict(self).items() if k in ("frames", "size", "thumb_frames", "thumb_height")}
-
-
-class _ShardWriter:
-    """Collects (entry, embedding) pairs and writes a shard, then the manifest, every
-    ``shard_size`` videos, so an interrupted run loses at most one shard's worth of work."""
-
-    def __init__(self, out: Path, manifest: dict, shard_size: int) -> None:
-        self.out, self.manifest, self.shard_size = out, manifest, shard_size
-        self.entries: list[dict] = []
-        self.vectors: list[np.ndarray] = []
-
-    def add(self, entries: list[dict], vectors: np.ndarray) -> None:
-        self.entries += entries
-        self.vectors += list(vectors)
-        if len(self.entries) >= self.shard_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.entries:
-            return
-        number = _next_shard_number(self.manifest)
-        self.manifest["shards"].append(mf.write_shard(self.out, number, np.stack(self.vectors)))
-        for row, entry in enumerate(self.entries):
-            entry.update(shard=len(self.manifest["shards"]) - 1, row=row)
-        self.manifest["videos"] += self.entries
-        self.manifest["vector_index"] = None  # stale until the run ends
-        mf.write_manifest(self.out, self.manifest)
-        self.entries, self.vectors = [], []
-
-
-def _next_shard_number(manifest: dict) -> int:
-    numbers = [int(Path(s["file"]).stem) for s in manifest["shards"]]
-    return max(numbers, default=-1) + 1
-
-
-@torch.no_grad()
-def _embed(model, frames: np.ndarray, masks: np.ndarray, device) -> np.ndarray:
-    """``[B, T, S, S, 3]`` uint8 frames -> ``[B, D]`` float32 embeddings."""
-    from tempstop.data.transforms import frames_to_tensor
-
-    video = frames_to_tensor(torch.from_numpy(frames).to(device))  # [B, T, 3, S, S]
-    return model.encode_video(video, torch.from_numpy(masks).to(device)).float().cpu().numpy()
 
 
 def _start(out: Path, root: Path, source: str, model_info: dict, settings: IndexSettings, dim: int) -> dict:
@@ -121,62 +85,42 @@ def index_videos(
     root, out = Path(root).resolve(), Path(out)
     if not root.is_dir():
         raise mf.CollectionError(f"{root}: not a folder")
-    manifest = _start(out, root, "videos", model_info, settings, model.embed_dim)
+    manifest, todo, known, found = plan_update(root, out, settings, model_info, model.embed_dim)
+    jobs = shards.plan_shards(todo, settings.shard_size, model_info.get("sha256", ""), settings.recorded())
+    decode = partial(shards.decode_shard, root, settings=settings.recorded(), out=out, workers=settings.workers,
+                     timeout_s=settings.timeout_s, progress=progress)  # fmt: skip
+    pool = ThreadPoolExecutor(1)  # the next shard decodes while this one is embedded
+    try:
+        pending = pool.submit(decode, jobs[0]) if jobs else None
+        for i, job in enumerate(jobs):
+            pending.result()
+            if i + 1 < len(jobs):
+                pending = pool.submit(decode, jobs[i + 1])
+            shards.merge_part(manifest, shards.embed_shard(model, out, job.id, settings.batch_size, device))
+            manifest["vector_index"] = None  # stale until the run ends
+            mf.write_manifest(out, manifest)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    summary = finish(out, manifest, settings)
+    summary.update(found=len(found), reused=len(found) - len(todo), embedded=len(todo) - len(manifest["failed"]),
+                   removed=len(set(known) - {f.path for f in found}), seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+    return summary
+
+
+def plan_update(root: Path, out: Path, settings: IndexSettings, model_info: dict, dim: int):
+    """The manifest to continue (unchanged videos only), the videos to embed, the videos the
+    manifest knew and the videos found now."""
+    manifest = _start(out, root, "videos", model_info, settings, dim)
     found = scan_videos(root)
     known = {v["path"]: v for v in manifest["videos"]}
     unchanged = {f.path for f in found if _same_file(known.get(f.path), f)}
     manifest["videos"] = [v for v in manifest["videos"] if v["path"] in unchanged]
     manifest["failed"] = []
-    todo = [f for f in found if f.path not in unchanged]
-    writer = _ShardWriter(out, manifest, settings.shard_size)
-    jobs = [{"path": str(root / f.path), "found": f, "frames": settings.frames, "size": settings.size,
-             "thumb_frames": settings.thumb_frames, "thumb_height": settings.thumb_height} for f in todo]  # fmt: skip
-    _decode_and_embed(model, jobs, writer, settings, out, device, progress)
-    writer.flush()
-    summary = _finish(out, manifest, settings)
-    removed = len(set(known) - {f.path for f in found})
-    summary.update(found=len(found), reused=len(unchanged), embedded=len(todo) - len(manifest["failed"]),
-                   removed=removed, seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
-    return summary
+    return manifest, [f for f in found if f.path not in unchanged], known, found
 
 
 def _same_file(entry: dict | None, f: FoundVideo) -> bool:
     return entry is not None and entry["bytes"] == f.bytes and entry["mtime_ns"] == f.mtime_ns
-
-
-def _decode_and_embed(model, jobs, writer, settings, out, device, progress) -> None:
-    from tempstop.data.workers import WorkerError, map_with_timeout
-
-    batch: list[tuple[dict, dict]] = []
-
-    def embed() -> None:
-        frames = np.stack([r["frames"] for _, r in batch])
-        masks = np.stack([np.arange(settings.frames) < r["num_valid"] for _, r in batch])
-        vectors = _embed(model, frames, masks, device)
-        writer.add([_entry(job["found"], r, out) for job, r in batch], vectors)
-        batch.clear()
-
-    results = map_with_timeout(decode_for_index, jobs, settings.workers, settings.timeout_s, "index videos",
-                               progress=progress, unit="video", preload=("tempstop.collection.decode",))  # fmt: skip
-    for job, result in results:
-        if isinstance(result, WorkerError):
-            writer.manifest["failed"].append({"path": job["found"].path, "reason": str(result)})
-            continue
-        batch.append((job, result))
-        if len(batch) >= settings.batch_size:
-            embed()
-    if batch:
-        embed()
-
-
-def _entry(f: FoundVideo, result: dict, out: Path) -> dict:
-    """A manifest entry for a decoded video; writes its thumbnail."""
-    vid = mf.video_id(f.path)
-    thumb = f"{mf.THUMBS_DIR}/{vid}.jpg"
-    atomic_write(out / thumb, lambda tmp: tmp.write_bytes(result["thumbnail"]))
-    return {"id": vid, "path": f.path, "bytes": f.bytes, "mtime_ns": f.mtime_ns, "hash": result["hash"],
-            **result["meta"], "frames": result["num_valid"], "thumbnail": thumb, "segment": None,
-            "video_id": Path(f.path).stem}  # fmt: skip
 
 
 def index_store(
@@ -209,11 +153,12 @@ def index_store(
                         "hash": file_hash(Path(store.path) / item["file"]), "duration": None, "fps": None,
                         "width": None, "height": None, "frames": int(mask.sum()), "thumbnail": thumb,
                         "segment": item.get("segment"), "video_id": item["video_id"]})  # fmt: skip
-    writer = _ShardWriter(out, manifest, settings.shard_size)
     for start in range(0, len(entries), settings.shard_size):
-        writer.add(entries[start : start + settings.shard_size], vectors[start : start + settings.shard_size])
-    writer.flush()
-    summary = _finish(out, manifest, settings)
+        chunk = vectors[start : start + settings.shard_size]
+        name = hashlib.sha1(json.dumps([e["id"] for e in entries[start : start + len(chunk)]]).encode()).hexdigest()[:16]
+        shard = mf.write_shard(out, name, chunk)
+        shards.merge_part(manifest, {"shard": shard, "videos": entries[start : start + len(chunk)], "failed": []})
+    summary = finish(out, manifest, settings)
     summary.update(found=len(entries), reused=0, embedded=len(entries), removed=0,
                    seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
     return summary
@@ -233,12 +178,14 @@ def _store_files(store) -> dict[str, str]:
     return {r.video_id: r.video for r in records}
 
 
-def _finish(out: Path, manifest: dict, settings: IndexSettings) -> dict:
-    """Sort, compact, build the vector index over the live rows, write the manifest last."""
+def finish(out: Path, manifest: dict, settings: IndexSettings) -> dict:
+    """Sort, compact, build the vector index over the live rows, write the manifest last;
+    the shards' work folders are removed (everything in them is merged)."""
     from tempstop import vector_index as vi
 
     manifest["videos"].sort(key=lambda v: (v["path"], v["id"]))
     _compact(out, manifest, settings.shard_size)
+    shutil.rmtree(out / shards.WORK_DIR, ignore_errors=True)
     referenced = {v["thumbnail"] for v in manifest["videos"]}
     for thumb in (out / mf.THUMBS_DIR).glob("*.jpg"):  # of deleted or changed videos
         if f"{mf.THUMBS_DIR}/{thumb.name}" not in referenced:
@@ -265,12 +212,15 @@ def _compact(out: Path, manifest: dict, shard_size: int) -> None:
         return
     vectors = mf.live_embeddings(out, manifest)
     old = [out / s["file"] for s in manifest["shards"]]
-    first = _next_shard_number(manifest)
     manifest["shards"] = []
-    for k, start in enumerate(range(0, len(vectors), shard_size)):
-        manifest["shards"].append(mf.write_shard(out, first + k, vectors[start : start + shard_size]))
+    for start in range(0, len(vectors), shard_size):
+        ids = [v["id"] for v in manifest["videos"][start : start + shard_size]]
+        name = "c" + hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:15]
+        manifest["shards"].append(mf.write_shard(out, name, vectors[start : start + shard_size]))
     for i, v in enumerate(manifest["videos"]):
         v["shard"], v["row"] = divmod(i, shard_size)
     mf.write_manifest(out, manifest)
+    kept = {out / s["file"] for s in manifest["shards"]}
     for path in old:
-        path.unlink(missing_ok=True)
+        if path not in kept:
+            path.unlink(missing_ok=True)

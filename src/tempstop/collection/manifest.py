@@ -3,7 +3,7 @@
 ::
 
     INDEX/manifest.json          what is indexed and how (written last, atomically)
-    INDEX/shards/NNNNN.npy       float16 [rows, D] L2-normalised video embeddings, one per shard
+    INDEX/shards/<id>.npy        float16 [rows, D] L2-normalised video embeddings, one per shard
     INDEX/thumbs/<id>.jpg        a keyframe strip per video
     INDEX/vectors.faiss          the vector index over the live rows (ids = manifest video rows)
 
@@ -11,7 +11,7 @@
 
     {"format": "tempstop-collection/1", "root": "<collection folder>", "source": "videos" | "store",
      "model": {...model identity...}, "settings": {...}, "dim": D,
-     "shards": [{"file": "shards/00000.npy", "rows": n}],
+     "shards": [{"file": "shards/<id>.npy", "rows": n}],
      "videos": [{"id", "path", "bytes", "mtime_ns", "hash", "duration", "fps", "width", "height",
                  "frames", "shard", "row", "thumbnail", "segment", "video_id"}],
      "failed": [{"path", "reason"}], "collection_hash", "vector_index": {...}, "updated"}
@@ -114,9 +114,9 @@ def collection_hash(videos: list[dict]) -> str:
     return digest.hexdigest()
 
 
-def write_shard(index_dir: str | Path, number: int, embeddings: np.ndarray) -> dict[str, Any]:
-    """Write shard ``number`` (``[rows, D]``, stored float16) atomically; its manifest entry."""
-    rel = f"{SHARDS_DIR}/{number:05d}.npy"
+def write_shard(index_dir: str | Path, name: str, embeddings: np.ndarray) -> dict[str, Any]:
+    """Write shard ``name`` (``[rows, D]``, stored float16) atomically; its manifest entry."""
+    rel = f"{SHARDS_DIR}/{name}.npy"
     data = np.ascontiguousarray(embeddings, dtype=np.float16)
     atomic_write(Path(index_dir) / rel, lambda tmp: np.save(tmp.open("wb"), data))
     return {"file": rel, "rows": int(data.shape[0])}
