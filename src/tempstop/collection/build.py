@@ -101,8 +101,12 @@ def index_videos(
             mf.write_manifest(out, manifest)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-    summary = finish(out, manifest, settings)
-    summary.update(found=len(found), reused=len(found) - len(todo), embedded=len(todo) - len(manifest["failed"]),
+    return counted(finish(out, manifest, settings), found, todo, known, t0)
+
+
+def counted(summary: dict, found: list, todo: list, known: dict, t0: float) -> dict:
+    """``summary`` with what a run found, reused, embedded and removed, and its seconds."""
+    summary.update(found=len(found), reused=len(found) - len(todo), embedded=len(todo) - len(summary["failed"]),
                    removed=len(set(known) - {f.path for f in found}), seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
     return summary
 
