@@ -14,6 +14,9 @@ from tempstop.collection.scan import inside
 
 #: Most results one query may ask for.
 MAX_TOP_K = 100
+#: A metadata filter that leaves at most this many videos is answered by an exact scan of their
+#: stored embeddings: faster than an approximate index probing many lists for a few hits.
+EXACT_FILTER_MAX = 50_000
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class CollectionSearch:
         self.model_info = model_info
         self.device = torch.device(device)
         self.timings: dict[str, float] = {}
+        self._shards: list[np.ndarray] | None = None  # memory-mapped, opened by the first exact scan
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -98,12 +102,25 @@ class CollectionSearch:
             allowed = np.array([i for i, v in enumerate(self.videos) if filters.allows(v)], dtype=np.int64)
             if len(allowed) == 0:
                 return [[] for _ in range(len(queries))]
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(top_k, len(self.videos) if allowed is None else len(allowed))
-        scores, rows = vi.search(self.vectors, np.ascontiguousarray(queries, dtype=np.float32), k, allowed)
+        if allowed is not None and len(allowed) <= EXACT_FILTER_MAX:
+            scores, rows = self._exact(queries, allowed, k)
+        else:
+            scores, rows = vi.search(self.vectors, queries, k, allowed)
         return [
             [self._hit(rank, int(row), float(score)) for rank, (score, row) in enumerate(zip(s, r, strict=True)) if row >= 0]
             for s, r in zip(scores, rows, strict=True)
         ]
+
+    def _exact(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of ``rows`` by an exact scan of their stored embeddings."""
+        if self._shards is None:
+            self._shards = [mf.read_shard(self.dir, s, self.manifest["dim"]) for s in self.manifest["shards"]]
+        emb = np.stack([self._shards[self.videos[r]["shard"]][self.videos[r]["row"]] for r in rows]).astype(np.float32)
+        scores = queries @ emb.T  # [Q, n]
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, top, axis=1), rows[top]
 
     def _hit(self, rank: int, row: int, score: float) -> dict:
         v = self.videos[row]
