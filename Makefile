@@ -25,7 +25,7 @@ RUN := PATH="$(abspath $(BIN)):$$PATH"
 comma := ,
 
 .PHONY: setup demo smoke metrics test test-fast lint clean mlflow-ui tensorboard \
-	prefect-server prefect-worker deploy gpu-check serve serve-mlflow
+	prefect-server prefect-worker deploy gpu-check serve serve-mlflow stack-up stack-down
 
 setup: $(STAMP)
 
@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 || $(PY) -m pip install -q 'torch<=2.14.1' 'torchvision<=0.29.1'
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[pipeline,dev]'
 	touch $(STAMP)
 
 # The whole pipeline on the generated demo dataset, on whatever device is there (CPU is fine).
@@ -47,7 +47,7 @@ demo: setup
 
 # A tiny end-to-end run (about a minute) through the Prefect flow, in a temporary Prefect server.
 smoke: setup
-	$(RUN) PREFECT_LOGGING_EXTRA_LOGGERS=tempstop,pipelines python -m pipelines.flows.retrain --smoke
+	$(RUN) PREFECT_LOGGING_EXTRA_LOGGERS=tempstop,tempstop_pipelines python -m tempstop_pipelines.flows.retrain --smoke
 
 metrics:
 	@echo; echo "== test-split metrics (dvc metrics show) =="
@@ -72,7 +72,7 @@ prefect-server: setup
 # Multi-GPU runs: `make prefect-worker GPU=0,1,2,3 QUEUE=multi-gpu`.
 prefect-worker: setup
 	PREFECT_API_URL=$(PREFECT_API) TEMPSTOP_ROOT="$(CURDIR)" CUDA_VISIBLE_DEVICES=$(GPU) \
-	PREFECT_LOGGING_EXTRA_LOGGERS=tempstop,pipelines $(RUN) \
+	PREFECT_LOGGING_EXTRA_LOGGERS=tempstop,tempstop_pipelines $(RUN) \
 	prefect worker start --pool $(PREFECT_POOL) --work-queue $(QUEUE) --type process --limit 1 \
 	  --name "$$(hostname)-gpu$(subst $(comma),-,$(GPU))"
 
@@ -112,3 +112,10 @@ MLFLOW_SERVE_PORT ?= 5001
 serve-mlflow: setup
 	$(RUN) MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" mlflow models serve \
 	  -m "$(MLFLOW_MODEL)" --env-manager local --host 127.0.0.1 --port $(MLFLOW_SERVE_PORT)
+
+# The team stack on this machine (PostgreSQL + MLflow server + Prefect server, state in .stack/):
+# `make stack-up` prints the MLFLOW_TRACKING_URI / PREFECT_API_URL each worker exports.
+stack-up: setup
+	$(RUN) tempstop stack up
+stack-down: setup
+	$(RUN) tempstop stack down

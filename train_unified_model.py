@@ -17,8 +17,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import main as cli_main
-    from pipelines.stages.train import add_train_args
+    from tempstop_pipelines.cli import main as cli_main
+    from tempstop_pipelines.stages.train import add_train_args
 
     parser = argparse.ArgumentParser(prog="train_unified_model.py", description=__doc__.split("\n\n")[0])
     add_train_args(parser)

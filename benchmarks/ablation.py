@@ -59,10 +59,10 @@ def run_one(variant: str, seed: int, work: Path, frames: Path, epochs: int | Non
     """Train and evaluate one (variant, seed); returns and writes ``result.json``."""
     import torch
 
-    from pipelines.cli import main as cli
     from tempstop.data.store import FrameStore
     from tempstop.training.checkpoint import load_model
     from tempstop.training.evaluation import evaluate_store
+    from tempstop_pipelines.cli import main as cli
 
     mode, model_variant = VARIANTS[variant]
     out = work / f"{variant}_seed{seed}"
@@ -239,7 +239,7 @@ def write_outputs(results: list[dict], args, machine: dict) -> None:
 # ---- orchestration ------------------------------------------------------------------------
 def ensure_data(params: str, data: Path, frames: Path) -> None:
     """Generate and extract the demo with the pipeline's own commands when missing."""
-    from pipelines.cli import main as cli
+    from tempstop_pipelines.cli import main as cli
 
     if not (data / "test" / "annotations.json").is_file():
         print(f"generating the demo into {data}", flush=True)

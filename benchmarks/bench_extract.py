@@ -148,11 +148,13 @@ def bare_decode(jobs: list[Job], reduced: bool = True, threads: int = 1) -> tupl
     return _since(t0)
 
 
-def extraction(split: Path, cfg: ExtractConfig, workers: int, scratch: Path) -> tuple[float, float]:
+def extraction(
+    split: Path, cfg: ExtractConfig, frames: int, workers: int, scratch: Path
+) -> tuple[float, float]:
     """(wall, CPU incl. worker processes) seconds for a complete extraction into an empty store."""
     out = Path(tempfile.mkdtemp(dir=scratch))
     t0 = _clock()
-    summary = extract_split(split, out, cfg, progress=False, workers=workers)
+    summary = extract_split(split, out, cfg, frames, progress=False, workers=workers)
     spent = _since(t0)
     if summary["failed"] or summary["done"] != summary["videos"]:
         raise RuntimeError(f"extraction incomplete: {summary}")
@@ -160,18 +162,18 @@ def extraction(split: Path, cfg: ExtractConfig, workers: int, scratch: Path) -> 
 
 
 def bench_split(name: str, split: Path, args: argparse.Namespace, scratch: Path) -> dict:
-    cfg = ExtractConfig(frames=args.frames, size=args.size, timeout_s=600)
+    cfg = ExtractConfig(size=args.size, timeout_s=600)
     jobs = plan(split, args.frames, args.size)
     bare_decode(jobs)  # warm the page cache and decord's libraries before anything is timed
     # Likewise start the worker pool's fork server once (numpy, decord imported); a cold
     # start is what one `tempstop extract` run pays on top, reported on its own.
-    cold = extraction(split, cfg, 1, scratch)
+    cold = extraction(split, cfg, args.frames, 1, scratch)
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in ("bare", "bare_full", "w0", "w1", "w2")}
     for _ in range(args.repeat):  # interleaved, so that load from other processes hits all alike
         runs["bare"].append(bare_decode(jobs))
         runs["bare_full"].append(bare_decode(jobs, reduced=False))
         for w in (0, 1, 2):
-            runs[f"w{w}"].append(extraction(split, cfg, w, scratch))
+            runs[f"w{w}"].append(extraction(split, cfg, args.frames, w, scratch))
     n = len(jobs)
     best = {k: min(wall for wall, _ in v) for k, v in runs.items()}
     cpu = {k: min(c for _, c in v) for k, v in runs.items()}

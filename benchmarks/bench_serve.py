@@ -54,7 +54,7 @@ def build_index(work: Path) -> Path:
 
     generate_demo(work / "demo", DemoConfig(train_quadruples=1), progress=False)
     out = work / "index"
-    subprocess.run([sys.executable, "-m", "pipelines.cli", "index", "--checkpoint", str(MODEL), "--videos",
+    subprocess.run([sys.executable, "-m", "tempstop_pipelines.cli", "index", "--checkpoint", str(MODEL), "--videos",
                     str(work / "demo" / "test" / "videos"), "--out", str(out), "--no-progress"],
                    check=True, cwd=ROOT)  # fmt: skip
     return out
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--index", str(index), "--port",
+        server = subprocess.Popen([sys.executable, "-m", "tempstop_pipelines.cli", "serve", "--index", str(index), "--port",
                                    str(port), "--watch", "0"], cwd=ROOT)  # fmt: skip
         try:
             for _ in range(600):

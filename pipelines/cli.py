@@ -1,4 +1,4 @@
-"""The ``tempstop`` command: one sub-command per stage module in ``pipelines.stages``."""
+"""The ``tempstop`` command: one sub-command per stage module in ``stages/``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ STAGE_MODULES = [
     "evaluate",
     "search",
     "serve",
+    "stack",
     "promote",
     "plots",
     "train_phase",
@@ -44,17 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in STAGE_MODULES:
-        module = importlib.import_module(f"pipelines.stages.{name}")
+        module = importlib.import_module(f"{__package__}.stages.{name}")
         module.register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
+def main(argv: list[str] | None = None, *, config=None, tags: dict[str, str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status.
+
+    A caller in this process (the Prefect flow) may pass the validated ``config`` (a
+    :class:`tempstop.config.ProjectConfig`, used instead of ``--params``/``--set``) and MLflow
+    ``tags`` as objects.
+    """
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.config, args.tags = config, dict(tags or {})
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,6 +1,6 @@
 """The registered model: an MLflow pyfunc that embeds text queries and videos.
 
-Logged "from code" by :meth:`pipelines.tracking.MlflowTracker.register_checkpoint`: MLflow
+Logged "from code" by :meth:`tempstop_pipelines.tracking.MlflowTracker.register_checkpoint`: MLflow
 copies this file into the model and runs it when loading, so the model needs only the
 ``tempstop`` package, not this repository. The checkpoint and its config are artifacts of the
 model version (``artifacts/best_model.pth``), which is also what ``resolve_model_uri`` hands
@@ -45,14 +45,11 @@ class TempStopRetrievalModel(mlflow.pyfunc.PythonModel):
         """Sample, resize and embed one clip the way `tempstop extract` prepares training data."""
         import torch
 
-        from tempstop.data import video as v
         from tempstop.data.transforms import frames_to_tensor
+        from tempstop.data.video import sample_clip
 
-        num, size = self.cfg.extract.frames, self.cfg.extract.size
-        reader = v.open_reader(path)
-        starts, duration = v.frame_times(reader)
-        picks = v.sample_indices(starts, num, None, duration)
-        frames = v.resize_center_crop(v.decode(reader, picks), size)  # [k <= num, S, S, 3]
+        num, size = self.cfg.model.frames, self.cfg.extract.size
+        frames = sample_clip(path, num, size).frames[0]  # [k <= num, S, S, 3]
         padded = np.zeros((num, size, size, 3), dtype=np.uint8)
         padded[: len(frames)] = frames
         mask = torch.zeros(1, num, dtype=torch.bool)

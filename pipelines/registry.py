@@ -14,10 +14,11 @@ from typing import Any
 
 def resolve_model_uri(uri: str | Path, cfg: Any = None, cache_dir: str | Path | None = None) -> str:
     """A local checkpoint path for ``uri`` (plain paths come back unchanged); registry
-    errors are raised as :class:`pipelines.tracking.TrackingError`."""
-    from pipelines.tracking import TrackingError, tracking_uri
+    errors are raised as :class:`~.tracking.TrackingError`."""
     from tempstop.loading import is_registry_uri, resolve_checkpoint
     from tempstop.training.checkpoint import CheckpointError
+
+    from .tracking import TrackingError, tracking_uri
 
     if not is_registry_uri(uri):
         return str(uri)

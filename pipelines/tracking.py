@@ -8,12 +8,13 @@ The library (``src/tempstop``) returns metric dicts; the stages hand them to a :
         version = tracker.register_checkpoint("outputs/x/best_model.pth", best_metrics)
 
 Opening a tracker already records what every run needs: the flattened config as params, the
-config as a JSON artifact and tags (git commit, training mode, data version, job, DVC stage).
+config as a JSON artifact and tags (git commit, training mode, data version, job, and what the
+caller adds: DVC stage and phase, Prefect pipeline run).
 ``tracking.enabled: false`` makes every call a no-op. ``MLFLOW_TRACKING_URI`` overrides
 ``tracking.uri`` (default ``sqlite:///mlflow.db`` in the project root).
 
 Registered versions are pyfunc models (pipelines/pyfunc_model.py) that carry the checkpoint
-and config as artifacts; ``resolve_model_uri`` (pipelines/registry.py, re-exported here) turns
+and config as artifacts; ``resolve_model_uri`` (pipelines/registry.py) turns
 ``models:/NAME@alias`` back into a checkpoint path for evaluate and search, and
 ``selection_score`` is what promote compares.
 """
@@ -196,8 +197,9 @@ def data_version(cfg: Any) -> dict[str, str]:
     return tags
 
 
-def run_tags(cfg: Any, job: str) -> dict[str, str]:
-    """The tags every run carries."""
+def run_tags(cfg: Any, job: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The tags every run carries, plus ``extra`` (the DVC stage and phase, the Prefect
+    pipeline run: given by whoever starts the job)."""
     tags = {"job": job, "git_commit": git_commit()}
     training = getattr(cfg, "training", None)
     if training is not None:
@@ -207,14 +209,7 @@ def run_tags(cfg: Any, job: str) -> dict[str, str]:
         tags["variant"] = str(model.variant)
         tags["backbone"] = str(model.backbone)
     tags.update(data_version(cfg))
-    # Set by the DVC stage helper and the Prefect flow, so runs can be grouped by pipeline run.
-    for env, tag in (
-        ("TEMPSTOP_STAGE", "stage"),
-        ("TEMPSTOP_PIPELINE_RUN", "pipeline_run"),
-        ("TEMPSTOP_PHASE", "phase"),
-    ):
-        if os.environ.get(env):
-            tags[tag] = os.environ[env]
+    tags.update({k: str(v) for k, v in (extra or {}).items()})
     return tags
 
 
@@ -237,9 +232,10 @@ class MlflowTracker(Tracker):
     """Logs to the active MLflow run. Logging failures mid-run are warnings: the checkpoint on
     disk is the result, and losing a curve point must not kill a long training run."""
 
-    def __init__(self, cfg: Any, job: str, run: Any):
+    def __init__(self, cfg: Any, job: str, run: Any, tags: dict[str, str] | None = None):
         self.cfg = cfg
         self.job = job
+        self.tags = run_tags(cfg, job, tags)
         self.run_id = run.info.run_id
         self._warned = False
 
@@ -324,7 +320,7 @@ class MlflowTracker(Tracker):
         tags.update({k: f"{v:.6g}" for k, v in flat.items()})
         if score is not None:
             tags[SELECTION_METRIC] = f"{score:.6g}"
-        tags.update({k: v for k, v in run_tags(self.cfg, self.job).items() if k != "job"})
+        tags.update({k: v for k, v in self.tags.items() if k != "job"})
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         log.info("registered %s version %s (%s=%s)", name, version, SELECTION_METRIC, score)
@@ -365,8 +361,11 @@ def _ensure_experiment(name: str, uri: str) -> str:
 
 
 @contextmanager
-def open_tracker(cfg: Any, job: str, run_name: str | None = None) -> Iterator[Tracker]:
-    """An MLflow run for one job (train, evaluate, ...), ended when the block exits.
+def open_tracker(
+    cfg: Any, job: str, run_name: str | None = None, tags: dict[str, str] | None = None
+) -> Iterator[Tracker]:
+    """An MLflow run for one job (train, evaluate, ...), ended when the block exits; ``tags``
+    are added to :func:`run_tags` (and to the model versions it registers).
 
     A run whose block raises is marked FAILED. With tracking disabled this yields a no-op.
     """
@@ -379,15 +378,11 @@ def open_tracker(cfg: Any, job: str, run_name: str | None = None) -> Iterator[Tr
     mlflow.set_tracking_uri(uri)
     experiment_id = _ensure_experiment(_tracking_section(cfg).experiment, uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        tracker = MlflowTracker(cfg, job, run)
-        tracker.set_tags(run_tags(cfg, job))
+        tracker = MlflowTracker(cfg, job, run, tags)
+        tracker.set_tags(tracker.tags)
         if hasattr(cfg, "flat"):
             tracker.log_params(cfg.flat())
         if hasattr(cfg, "to_dict"):
             tracker._guard("log_dict", mlflow.log_dict, cfg.to_dict(), "config.json")
         log.info("MLflow run %s (%s) in %s", run.info.run_id, job, uri)
         yield tracker
-
-
-# The registry side lives in pipelines/registry.py; re-exported here, the stages' one import.
-from pipelines.registry import resolve_model_uri  # noqa: E402,F401

@@ -2,20 +2,20 @@
 
 dvc.yaml is the source of truth for the paths (its ``vars: paths``) and runs the same
 commands; ``tests/pipelines`` checks that the commands rendered by DVC equal the ones built
-here, so the two orchestrators cannot drift apart. Nothing here imports Prefect or torch.
+here, so the two orchestrators cannot drift apart. The flow runs each command in its own
+process with the validated config and its tags as objects (:func:`run_stage`), never as
+rebuilt command-line options. Nothing here imports Prefect or torch.
 
-    python -m pipelines.flows.plan                # the commands, for the current params.yaml
-    python -m pipelines.flows.plan --smoke-dvc    # `-S key=value ...` for `dvc exp run`
+    python -m tempstop_pipelines.flows.plan                # the commands, for params.yaml
+    python -m tempstop_pipelines.flows.plan --smoke-dvc    # `-S key=value ...` for `dvc exp run`
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DVC_YAML = "dvc.yaml"
@@ -32,8 +32,6 @@ SMOKE_OVERRIDES: dict[str, object] = {
     "evaluate.batch_size": 16,
 }
 
-#: Sub-commands that read params (take ``--params`` / ``--set``).
-PARAMS_COMMANDS = frozenset({"demo-data", "validate", "extract", "train-phase", "evaluate", "promote"})
 #: Stages whose failures are worth retrying (I/O-bound decoding of many videos).
 RETRIES = {"extract_frames": 2}
 
@@ -80,47 +78,46 @@ class Step:
     name: str
     argv: list[str]
     retries: int = 0
-    tags: list[str] = field(default_factory=list)
 
     def command(self) -> str:
         return "tempstop " + shlex.join(self.argv)
 
 
-def override_args(params: str | None = None, overrides: dict[str, object] | None = None) -> list[str]:
-    """``--params FILE --set k=v ...`` (values YAML-encoded, as ``--set`` parses them)."""
+def dvc_set_args(overrides: dict[str, object]) -> list[str]:
+    """``-S key=value`` arguments of ``dvc exp run`` for ``overrides`` (values YAML-encoded)."""
     import yaml
 
-    args = ["--params", params] if params else []
-    for key, value in (overrides or {}).items():
+    args = []
+    for key, value in overrides.items():
         text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-        args += ["--set", f"{key}={text}"]
+        args += ["-S", f"{key}={text}"]
     return args
 
 
-def trains_stop(mode: str) -> bool:
-    """Whether the STOP stage trains (sequential, stop_only) or only passes the model on."""
-    return mode in ("sequential", "stop_only")
+def trains_stop(training) -> bool:
+    """Whether the STOP stage trains for ``training`` (the training section) or only passes
+    the model on (:func:`~..stages.train_phase.stage_plan`)."""
+    from ..stages.train_phase import stage_plan
+
+    return stage_plan("stop", training)[0] == "train"
 
 
 def pipeline_steps(
     paths: Paths,
-    mode: str,
+    training,
     generate_demo: bool = True,
-    extra: list[str] | None = None,
     promote: bool = True,
     pass_through: bool = False,
 ) -> list[Step]:
-    """The stages in order, as dvc.yaml runs them (plus the flow's ``plots`` and ``promote``).
+    """The stages in order, as dvc.yaml runs them (plus the flow's ``plots`` and ``promote``),
+    for ``training`` (the training section: its mode decides what the stages do).
 
     ``pass_through=False`` skips train_stop when it would only copy the model (joint,
     tempme_only), which a flow can do and DVC's static graph cannot.
     """
-    extra = list(extra or [])
 
-    def step(name: str, argv: list[str], **kw) -> Step:
-        if argv[0] in PARAMS_COMMANDS:
-            argv = argv + extra
-        return Step(name, argv, retries=RETRIES.get(name, 0), **kw)
+    def step(name: str, argv: list[str]) -> Step:
+        return Step(name, argv, retries=RETRIES.get(name, 0))
 
     steps: list[Step] = []
     if generate_demo:
@@ -132,7 +129,7 @@ def pipeline_steps(
     ]
     histories = [f"{paths.tempme}/history.json"]
     final = paths.tempme
-    if pass_through or trains_stop(mode):
+    if pass_through or trains_stop(training):
         steps.append(
             step(
                 "train_stop",
@@ -178,32 +175,13 @@ class StageFailed(RuntimeError):
     """A ``tempstop`` sub-command exited with a non-zero status."""
 
 
-def run_stage(argv: list[str]) -> int:
-    """``tempstop ARGV`` in this process; returns the exit status like the console script.
+def run_stage(argv: list[str], config=None, tags: dict[str, str] | None = None) -> int:
+    """``tempstop ARGV`` in this process, with ``config`` (a validated ProjectConfig, instead
+    of params.yaml) and MLflow ``tags``; returns the exit status like the console script."""
+    from .. import cli
 
-    Sub-commands the CLI does not list yet (``train-phase``) are dispatched to their module.
-    """
-    from pipelines import cli
-
-    module = argv[0].replace("-", "_")
     try:
-        if module in cli.STAGE_MODULES:
-            return cli.main(argv)
-        import importlib
-
-        from tempstop.config import ConfigError
-
-        for key, value in cli.TELEMETRY_OFF.items():
-            os.environ.setdefault(key, value)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        parser = argparse.ArgumentParser(prog="tempstop")
-        importlib.import_module(f"pipelines.stages.{module}").register(parser.add_subparsers(dest="command"))
-        args = parser.parse_args(argv)
-        try:
-            return int(args.func(args) or 0)
-        except ConfigError as exc:
-            print(f"tempstop {argv[0]}: config error:\n{exc}", file=sys.stderr)
-            return 2
+        return cli.main(argv, config=config, tags=tags)
     except SystemExit as exc:  # stages exit with a message for user errors
         if exc.code is None or exc.code == 0:
             return 0
@@ -213,27 +191,28 @@ def run_stage(argv: list[str]) -> int:
         return exc.code
 
 
-def run_checked(argv: list[str]) -> None:
+def run_checked(argv: list[str], config=None, tags: dict[str, str] | None = None) -> None:
     """:func:`run_stage`, raising :class:`StageFailed` on a non-zero status."""
-    code = run_stage(argv)
+    code = run_stage(argv, config, tags)
     if code:
         raise StageFailed(f"`tempstop {shlex.join(argv)}` exited with status {code}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.flows.plan", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tempstop_pipelines.flows.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--smoke-dvc", action="store_true", help="print -S overrides for `dvc exp run`")
     parser.add_argument("--mode", default=None, help="training mode (default: params.yaml)")
     args = parser.parse_args(argv)
     if args.smoke_dvc:
-        print(" ".join(f"-S {a.split('=', 1)[0]}={shlex.quote(a.split('=', 1)[1])}"
-                       for a in override_args(None, SMOKE_OVERRIDES)[1::2]))  # fmt: skip
+        print(" ".join(shlex.quote(a) for a in dvc_set_args(SMOKE_OVERRIDES)))
         return 0
     from tempstop.config import load_config
 
-    mode = args.mode or load_config("params.yaml" if Path("params.yaml").is_file() else None).training.mode
-    for step in pipeline_steps(Paths.from_dvc_yaml(), mode, pass_through=True):
+    cfg = load_config("params.yaml" if Path("params.yaml").is_file() else None)
+    if args.mode:
+        cfg = cfg.with_overrides({"training.mode": args.mode}, "--mode")
+    for step in pipeline_steps(Paths.from_dvc_yaml(), cfg.training, pass_through=True):
         print(f"{step.name:15s} {step.command()}")
     return 0
 

@@ -6,7 +6,7 @@ is triggered by it and runs this flow on a worker: the collection is embedded wi
 version into ``INDEX/v<N>``, then ``INDEX/CURRENT`` points at it, and every ``tempstop serve
 --index INDEX`` swaps to it without dropping a query.
 
-    python -m pipelines.flows.reindex --index outputs/index --model models:/tempstop-unified@champion
+    python -m tempstop_pipelines.flows.reindex --index outputs/index --model models:/tempstop-unified@champion
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def reindex_flow(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.flows.reindex", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tempstop_pipelines.flows.reindex", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--index", default="outputs/index")
     parser.add_argument("--model", default="models:/tempstop-unified@champion")

@@ -1,7 +1,8 @@
 """The ``tempstop-retrain`` Prefect flow: the DVC stages as tasks, then promotion.
 
 Every task runs the same ``tempstop`` sub-command as the matching dvc.yaml stage, in this
-process (see :mod:`pipelines.flows.plan`); there is no second implementation of any stage.
+process (see :mod:`.plan`), with the flow's validated config and its ``pipeline_run`` tag
+passed as objects; there is no second implementation of any stage.
 Order follows the training mode: sequential (and stop_only) trains the TempMe stage then the
 STOP stage from its result; joint (and tempme_only) trains once. Frame extraction is retried
 (I/O on many videos), a stage's failure fails the flow, and the last task moves the
@@ -9,7 +10,7 @@ registry's ``champion`` alias when the new model's validation R@1 is better.
 
 Run it locally (a temporary Prefect server starts for the run):
 
-    python -m pipelines.flows.retrain --mode joint --smoke
+    python -m tempstop_pipelines.flows.retrain --mode joint --smoke
 
 or through a deployment (prefect.yaml) on a ``gpu-pool`` worker: ``make deploy``.
 """
@@ -28,29 +29,31 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from pipelines.flows.plan import SMOKE_OVERRIDES, Paths, Step, override_args, pipeline_steps, run_checked
+from tempstop_pipelines.flows.plan import SMOKE_OVERRIDES, Paths, Step, pipeline_steps, run_checked
 
 FLOW_NAME = "tempstop-retrain"
 
 
 @task(name="stage", task_run_name="{name}", cache_policy=NO_CACHE, log_prints=True)
-def run_stage_task(name: str, argv: list[str]) -> None:
-    """One pipeline stage (``tempstop ARGV``); stages have side effects, so nothing is cached."""
+def run_stage_task(name: str, argv: list[str], config: Any, tags: dict[str, str]) -> None:
+    """One pipeline stage (``tempstop ARGV`` with ``config`` and MLflow ``tags``); stages have
+    side effects, so nothing is cached."""
     logger = get_run_logger()
     logger.info("stage %s: tempstop %s", name, shlex.join(argv))
-    run_checked(argv)
+    run_checked(argv, config, tags)
 
 
-def _submit(step: Step) -> None:
+def _submit(step: Step, config: Any, tags: dict[str, str]) -> None:
     options: dict[str, Any] = {"retries": step.retries, "retry_delay_seconds": 10} if step.retries else {}
-    run_stage_task.with_options(**options)(step.name, step.argv)
+    run_stage_task.with_options(**options)(step.name, step.argv, config, tags)
 
 
 def _effective_config(params: str | None, overrides: dict[str, Any]):
     from tempstop.config import load_config
 
     path = params or ("params.yaml" if Path("params.yaml").is_file() else None)
-    return load_config(path).with_overrides(overrides) if overrides else load_config(path)
+    cfg = load_config(path)
+    return cfg.with_overrides(overrides, "flow overrides") if overrides else cfg
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -68,7 +71,7 @@ def retrain(
 
     Args:
         mode: training mode (joint, sequential, tempme_only, stop_only); default params.yaml's.
-        smoke: tiny data and one epoch (:data:`~pipelines.flows.plan.SMOKE_OVERRIDES`).
+        smoke: tiny data and one epoch (:data:`~.plan.SMOKE_OVERRIDES`).
         data: dataset root in the native layout (default dvc.yaml's ``paths.data``, the demo).
         generate_demo: (re)generate the demo dataset first; false for imported datasets.
         params: params file (default params.yaml in the working directory).
@@ -90,7 +93,7 @@ def retrain(
     if data:
         paths = paths.with_data(data)
 
-    from pipelines.tracking import check_tracking, tracking_uri
+    from tempstop_pipelines.tracking import check_tracking, tracking_uri
 
     check_tracking(cfg)  # an unreachable tracking server fails the flow now, not after training
     logger.info(
@@ -101,24 +104,12 @@ def retrain(
         tracking_uri(cfg) if cfg.tracking.enabled else "off",
     )
     steps = pipeline_steps(
-        paths,
-        cfg.training.mode,
-        generate_demo=generate_demo,
-        extra=override_args(params, values),
-        promote=promote and cfg.tracking.enabled,
+        paths, cfg.training, generate_demo=generate_demo, promote=promote and cfg.tracking.enabled
     )
-    # Groups this run's MLflow runs and registry versions (tag pipeline_run); restored after,
-    # since a flow can run inside a longer-lived process (tests, `prefect serve`).
-    previous = os.environ.get("TEMPSTOP_PIPELINE_RUN")
-    os.environ["TEMPSTOP_PIPELINE_RUN"] = str(flow_run.get_id() or "local")
-    try:
-        for step in steps:
-            _submit(step)
-    finally:
-        if previous is None:
-            os.environ.pop("TEMPSTOP_PIPELINE_RUN", None)
-        else:
-            os.environ["TEMPSTOP_PIPELINE_RUN"] = previous
+    # Groups this run's MLflow runs and registry versions (tag pipeline_run).
+    tags = {"pipeline_run": str(flow_run.get_id() or "local")}
+    for step in steps:
+        _submit(step, cfg, tags)
 
     result: dict[str, Any] = {"mode": cfg.training.mode, "evaluation": _read_json(paths.eval)}
     if promote and cfg.tracking.enabled:
@@ -134,8 +125,8 @@ def _read_json(path: str) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.flows.retrain``: run the flow once, locally."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.flows.retrain", description=__doc__,
+    """``python -m tempstop_pipelines.flows.retrain``: run the flow once, locally."""
+    parser = argparse.ArgumentParser(prog="python -m tempstop_pipelines.flows.retrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--mode", default=None)
     parser.add_argument("--smoke", action="store_true")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import add_params_arg
+from ..common import add_params_arg
 
 
 def register(sub) -> None:
@@ -24,8 +24,9 @@ def register(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Generate the dataset and print a one-line summary per split."""
-    from pipelines.common import load_params
     from tempstop.data.demo import generate_demo
+
+    from ..common import load_params
 
     cfg = load_params(args).demo
     try:

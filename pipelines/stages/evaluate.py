@@ -1,9 +1,9 @@
 """Stage `evaluate`: retrieval metrics of a checkpoint on a split.
 
 ``--data`` is a dataset root (``DIR/<split>/``), a split folder, or a frame store; a split
-that was never extracted is extracted into the frame cache first, with the frame count and
-size the checkpoint's model was trained with. ``--checkpoint`` may be a ``models:/NAME@alias``
-URI of the MLflow registry.
+that was never extracted is extracted into the frame cache first (after the annotation checks
+of ``tempstop validate``), with the frame count and size the checkpoint's model was trained
+with. ``--checkpoint`` may be a ``models:/NAME@alias`` URI of the MLflow registry.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.common import add_params_arg, load_params
+from ..common import add_params_arg, add_tags_arg, load_params
 
 
 def register(sub) -> None:
@@ -34,16 +34,15 @@ def register(sub) -> None:
     p.add_argument(
         "--datatype",
         default=None,
-        help="override the dataset type (default: from the data, else the checkpoint)",
+        help="override the dataset type (default: the frame store's, else the checkpoint's)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="default: evaluate.batch_size")
-    p.add_argument(
-        "--cache", default=None, help="frame cache for raw splits (default: training.frames_cache)"
-    )
+    p.add_argument("--cache", default=None, help="frame cache for raw splits (default: data.frames_cache)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-progress", action="store_true")
     add_params_arg(p)
+    add_tags_arg(p)
     p.set_defaults(func=main)
 
 
@@ -83,64 +82,91 @@ def main(args: argparse.Namespace) -> int:
     """Evaluate; exit 2 when the checkpoint or the data cannot be used."""
     import torch
 
-    from pipelines.tracking import TrackingError, check_tracking, open_tracker
-    from tempstop.data.extract import ensure_store
-    from tempstop.data.store import FrameStore, StoreError
-    from tempstop.training.checkpoint import CheckpointError, load_model
-    from tempstop.training.evaluation import evaluate_store
-    from tempstop.training.setup import model_input
+    from tempstop.data.annotations import AnnotationError
+    from tempstop.data.extract import ExtractError
+    from tempstop.data.store import StoreError
+    from tempstop.training.checkpoint import CheckpointError
     from tempstop.utils import atomic_write_json
 
+    from ..tracking import TrackingError, check_tracking
+
     params = load_params(args)
-    split = args.split or params.evaluate.split
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    track = not args.no_track and params.tracking.enabled
     try:
-        track = not args.no_track and params.tracking.enabled
         if track:
             check_tracking(params)
-        checkpoint = args.checkpoint
-        if checkpoint.startswith(("models:/", "runs:/")):
-            from pipelines.tracking import resolve_model_uri
-
-            checkpoint = resolve_model_uri(checkpoint, params)
-        model, cfg, _ = load_model(checkpoint, device)
-        path, split_name = resolve_data(args.data, split)
-        datatype_hint = args.datatype or cfg.training.datatype
-        store = FrameStore(
-            ensure_store(
-                path, args.cache or params.training.frames_cache, cfg.extract, datatype=datatype_hint
-            )
-        )
-        frames, size = model_input(model)
-        if size is not None and store.size != size:
-            raise StoreError(f"{store.path}: {store.size} px frames, but the model takes {size} px")
-        if frames is not None and store.frames != frames:
-            raise StoreError(f"{store.path}: {store.frames} frames per video, but the model takes {frames}")
-        datatype = args.datatype or store.datatype or cfg.training.datatype
-        dsl = params.evaluate.dsl if args.dsl is None else args.dsl
-        metrics = evaluate_store(
-            model,
-            store,
-            device,
-            datatype,
-            args.batch_size or params.evaluate.batch_size,
-            dsl=dsl,
-            dsl_temperature=params.evaluate.dsl_temperature,
-            progress=not args.no_progress,
-            gallery=params.evaluate.gallery_queries,
-        )
-    except (CheckpointError, StoreError, TrackingError, FileNotFoundError, ValueError) as exc:
+        result = _evaluate(args, params, device)
+    except (
+        CheckpointError,
+        StoreError,
+        TrackingError,
+        AnnotationError,
+        ExtractError,
+        FileNotFoundError,
+    ) as exc:
         print(f"tempstop evaluate: {exc}", file=sys.stderr)
         return 2
-    result = {"split": split_name, "checkpoint": str(args.checkpoint), "store": str(store.path), **metrics}
     print_table(result)
     if args.json:
         atomic_write_json(args.json, result)
     if track:
-        with open_tracker(params, job="evaluate", run_name=f"evaluate-{split_name}") as tracker:
-            flat = {f"{split_name}_{d}_{k}": v for d in ("t2v", "v2t", "t2v_dsl", "v2t_dsl") if d in result
-                    for k, v in result[d].items()}  # fmt: skip
-            tracker.log_metrics(flat)
-            if args.json:
-                tracker.log_artifact(args.json)
+        _log(params, args, result)
     return 0
+
+
+def _evaluate(args: argparse.Namespace, params, device) -> dict:
+    """The evaluation JSON of ``--checkpoint`` on ``--data`` (params: what params.yaml says;
+    the model, its frame count and size come from the checkpoint)."""
+    from tempstop.data.extract import ensure_store
+    from tempstop.data.store import FrameStore, StoreError
+    from tempstop.training.checkpoint import load_model
+    from tempstop.training.evaluation import evaluate_store
+    from tempstop.training.setup import model_input
+
+    from ..common import report_failures
+    from ..registry import resolve_model_uri
+
+    model, trained, _ = load_model(resolve_model_uri(args.checkpoint, params), device)
+    path, split_name = resolve_data(args.data, args.split or params.evaluate.split)
+    datatype_hint = args.datatype or trained.data.datatype
+    store_path, extracted = ensure_store(
+        path, args.cache or params.data.frames_cache, trained.extract, trained.model.frames,
+        datatype=datatype_hint, checks=params.validate_, progress=not args.no_progress,
+    )  # fmt: skip
+    if extracted:
+        report_failures(path, extracted["failures"])
+    store = FrameStore(store_path)
+    store.check_arrays()
+    frames, size = model_input(model)
+    if size is not None and store.size != size:
+        raise StoreError(f"{store.path}: {store.size} px frames, but the model takes {size} px")
+    if frames is not None and store.frames != frames:
+        raise StoreError(f"{store.path}: {store.frames} frames per video, but the model takes {frames}")
+    metrics = evaluate_store(
+        model,
+        store,
+        device,
+        args.datatype or store.datatype or trained.data.datatype,
+        args.batch_size or params.evaluate.batch_size,
+        dsl=params.evaluate.dsl if args.dsl is None else args.dsl,
+        dsl_temperature=params.evaluate.dsl_temperature,
+        progress=not args.no_progress,
+        gallery=params.evaluate.gallery_queries,
+    )
+    return {"split": split_name, "checkpoint": str(args.checkpoint), "store": str(store.path), **metrics}
+
+
+def _log(params, args: argparse.Namespace, result: dict) -> None:
+    from ..common import run_tags
+    from ..tracking import open_tracker
+
+    split_name = result["split"]
+    with open_tracker(
+        params, job="evaluate", run_name=f"evaluate-{split_name}", tags=run_tags(args)
+    ) as tracker:
+        flat = {f"{split_name}_{d}_{k}": v for d in ("t2v", "v2t", "t2v_dsl", "v2t_dsl") if d in result
+                for k, v in result[d].items()}  # fmt: skip
+        tracker.log_metrics(flat)
+        if args.json:
+            tracker.log_artifact(args.json)

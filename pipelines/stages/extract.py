@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.common import add_params_arg, load_params
+from ..common import add_params_arg, load_params, report_failures
 
 
 def register(sub) -> None:
@@ -14,10 +14,12 @@ def register(sub) -> None:
     p = sub.add_parser(
         "extract",
         help="pre-extract uniformly sampled frames into frame stores (OUT/<split>/)",
-        description="Decode extract.frames frames per video (per caption segment with "
+        description="Decode model.frames frames per video (per caption segment with "
         "extract.per_segment), uniformly in time, resized and centre-cropped to extract.size, "
-        "into OUT/<split>/index.json + arrays/. Resumable: finished videos are skipped. Videos that "
-        "fail are listed under 'failed' in the index and the rest go on.",
+        "into OUT/<split>/index.json + arrays/. The annotations first pass the annotation checks of "
+        "`tempstop validate` (a split with an error is refused, naming every problem). Resumable: "
+        "finished videos are skipped. Videos that fail are named, listed under 'failed' in the "
+        "index, and the rest go on.",
     )
     p.add_argument("--data", required=True, help="dataset root holding split folders (e.g. data/demo)")
     p.add_argument("--out", required=True, help="output root; each split goes to OUT/<split>/")
@@ -54,8 +56,8 @@ def main(args: argparse.Namespace) -> int:
     for split in splits:
         try:
             s = extract_split(
-                root / split, out / split, cfg.extract, progress=not args.no_progress,
-                datatype=cfg.data.datatype, annotations=args.annotations,
+                root / split, out / split, cfg.extract, cfg.model.frames, progress=not args.no_progress,
+                datatype=cfg.data.datatype, annotations=args.annotations, checks=cfg.validate_,
             )  # fmt: skip
         except (AnnotationError, ExtractError, StoreError) as exc:
             print(f"tempstop extract: {split}: {exc}", file=sys.stderr)
@@ -66,8 +68,7 @@ def main(args: argparse.Namespace) -> int:
             f"{split}: {s['videos']} videos: {s['done']} extracted, {s['skipped']} already done, "
             f"{s['failed']} failed; {s['items']} items in {s['seconds']:.1f} s{rate} -> {s['store']}"
         )
-        if s["failed"]:
-            print(f"  failed videos are listed in {Path(s['store']) / 'index.json'} under 'failed'")
+        report_failures(root / split, s["failures"], sys.stdout)
         if s["videos"] and not s["items"]:
             status = 1
     if args.summary:

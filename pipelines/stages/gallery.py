@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..figures import pyplot, save_figure
+
 STRIP_FRAMES = 4  # frames per film strip
 GAP = 0.08  # dark gap between two frames of a strip, as a fraction of the frame size
 FIG_WIDTH = 14.0  # inches
@@ -64,8 +66,6 @@ def draw_gallery(evaluation: dict[str, Any], path: Path) -> None:
     """Draw ``path`` from ``evaluation["gallery"]``. Without a gallery, or
     (with a one-line warning on stderr) when its frame store cannot be read, a placeholder
     picture saying why is written instead, so the file a pipeline declares always exists."""
-    from pipelines.stages.plots import _pyplot, _save
-
     entries = evaluation.get("gallery") or []
     if not entries:
         _placeholder(path, "no retrieval gallery: the evaluation was run with evaluate.gallery_queries=0")
@@ -85,7 +85,7 @@ def draw_gallery(evaluation: dict[str, Any], path: Path) -> None:
         _placeholder(path, f"no retrieval gallery: frame store {store_path} is missing or unreadable")
         return
 
-    plt = _pyplot()
+    plt = pyplot()
     cols = max(len(e["top"]) for e in entries)
     strip_h, strip_w = next(iter(strips.values())).shape[:2]
     cell_w = (FIG_WIDTH - 0.6) / cols  # inches per cell
@@ -117,16 +117,14 @@ def draw_gallery(evaluation: dict[str, Any], path: Path) -> None:
             for spine in ax.spines.values():
                 spine.set_color(CORRECT if correct else OTHER)
                 spine.set_linewidth(4 if correct else 1)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _placeholder(path: Path, message: str) -> None:
     """A small picture that only says ``message``."""
-    from pipelines.stages.plots import _pyplot, _save
-
-    fig = _pyplot().figure(figsize=(6, 1), dpi=100)
+    fig = pyplot().figure(figsize=(6, 1), dpi=100)
     fig.text(0.5, 0.5, textwrap.fill(message, 90), ha="center", va="center", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _row_title(j: int, entry: dict[str, Any]) -> tuple[str, bool]:

@@ -19,7 +19,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from pipelines.common import parse_overrides
+from ..common import parse_overrides
 
 
 def register(sub) -> None:

@@ -6,7 +6,7 @@ Writes into ``--out``:
   recall_at_k.png, training_curves.png          (matplotlib; DVC's HTML plots need a CDN)
   retrieval_gallery.png  top-5 videos of a few queries as film strips (a placeholder saying
                          why when the evaluation JSON has no ``gallery`` or its frame store
-                         is unreadable; see :mod:`pipelines.stages.gallery`)
+                         is unreadable; see :mod:`.gallery`)
 
 Several ``--history`` files (e.g. the TempMe then the STOP phase of a sequential run) are
 concatenated in order on one epoch axis; a stage that trained nothing writes an empty history.
@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.stages.gallery import draw_gallery
+from ..figures import pyplot, save_figure
+from .gallery import draw_gallery
 
 LOSSES = ("train_loss", "val_loss", "tempme_loss", "stop_loss")
 RECALLS = ("val_t2v_R1", "val_t2v_R5", "val_t2v_R10", "val_v2t_R1")
@@ -123,17 +124,8 @@ def write_csv(path: Path, rows: list[dict[str, Any]], first: tuple[str, ...] = (
 
 
 # ---- pictures -----------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_recall(rows: list[dict[str, float]], evaluation: dict[str, Any], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -155,11 +147,11 @@ def plot_recall(rows: list[dict[str, float]], evaluation: dict[str, Any], path: 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
@@ -185,15 +177,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     phases = " -> ".join(dict.fromkeys(r["phase"] for r in rows)) or "none"
     fig.suptitle(f"Training curves (phases: {phases})", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    from tempstop.utils import atomic_write
-
-    # savefig picks the format from the suffix, so the temp file must keep ".png".
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".")))
-    _pyplot().close(fig)
+    save_figure(fig, path)
 
 
 # ---- entry point --------------------------------------------------------------------------

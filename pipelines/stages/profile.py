@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from pipelines.common import add_params_arg, parse_overrides
+from ..common import add_params_arg, parse_overrides
 
 
 def register(sub) -> None:
@@ -45,9 +45,10 @@ def register(sub) -> None:
 def main(args) -> int:
     import torch
 
-    from pipelines.common import load_params
     from tempstop.model import create_unified_model
     from tempstop.model.profile import profile_model
+
+    from ..common import load_params
 
     if args.threads:
         torch.set_num_threads(args.threads)

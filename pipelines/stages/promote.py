@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from pipelines.common import add_params_arg, load_params
+from ..common import add_params_arg, load_params
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -32,7 +32,7 @@ def register(sub) -> None:
 
 def version_score(client, name: str, version) -> float | None:
     """The selection metric of a model version: its tag, else the best metric of its run."""
-    from pipelines.tracking import SELECTION_METRIC, selection_score
+    from ..tracking import SELECTION_METRIC, selection_score
 
     mv = client.get_model_version(name, str(version))
     if SELECTION_METRIC in (mv.tags or {}):
@@ -58,7 +58,7 @@ def promote(cfg, name: str | None = None, version: str | None = None, min_delta:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipelines.tracking import SELECTION_METRIC, TrackingError, tracking_uri
+    from ..tracking import SELECTION_METRIC, TrackingError, tracking_uri
 
     uri = tracking_uri(cfg)
     name = name or cfg.tracking.registered_model
@@ -108,7 +108,7 @@ def _fmt(score: float | None) -> str:
 
 
 def main(args) -> int:
-    from pipelines.tracking import TrackingError, check_tracking
+    from ..tracking import TrackingError, check_tracking
 
     cfg = load_params(args)
     if not cfg.tracking.enabled:

@@ -41,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="videos per model batch (default: evaluate.batch_size)")
     p.add_argument("--shard-size", type=int, default=1000, help="videos per shard file")
     p.add_argument("--vector-index", default=None, help="vector index type (default: by collection size)")
-    p.add_argument("--cache", default=None, help="frame cache for raw splits (default: training.frames_cache)")
+    p.add_argument("--cache", default=None, help="frame cache for raw splits (default: data.frames_cache)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--no-progress", action="store_true")
     add_params_arg(p)
@@ -90,6 +90,7 @@ def main_index(args: argparse.Namespace) -> int:
     import torch
 
     from tempstop.collection import CollectionError, IndexSettings, index_store, index_videos
+    from tempstop.data.extract import ExtractError
     from tempstop.data.store import StoreError
     from tempstop.loading import model_identity
     from tempstop.training.checkpoint import CheckpointError, load_model
@@ -113,7 +114,7 @@ def main_index(args: argparse.Namespace) -> int:
             summary = index_videos(model, args.videos, args.out, settings, info, device, progress)
         else:
             summary = index_store(model, store, args.out, settings, info, device, progress)
-    except (CheckpointError, StoreError, CollectionError, FileNotFoundError, ValueError) as exc:
+    except (CheckpointError, StoreError, CollectionError, ExtractError, FileNotFoundError, ValueError) as exc:
         print(f"tempstop index: {exc}", file=sys.stderr)
         return 2
     for failure in summary["failed"]:
@@ -159,14 +160,22 @@ def main_reindex(args: argparse.Namespace) -> int:
 
 
 def _open_split(args, params, cfg):
-    """The frame store of ``--data`` (a split folder is extracted into the frame cache first)."""
+    """The frame store of ``--data`` (a split folder is extracted into the frame cache first,
+    after the annotation checks of ``tempstop validate``)."""
     from tempstop.data.extract import ensure_store
     from tempstop.data.store import FrameStore
 
+    from ..common import report_failures
     from .evaluate import resolve_data
 
     path, _ = resolve_data(args.data, args.split or params.evaluate.split)
-    return FrameStore(ensure_store(path, args.cache or params.training.frames_cache, cfg.extract))
+    store, extracted = ensure_store(
+        path, args.cache or params.data.frames_cache, cfg.extract, cfg.model.frames,
+        datatype=cfg.data.datatype, checks=params.validate_, progress=not args.no_progress,
+    )  # fmt: skip
+    if extracted:
+        report_failures(path, extracted["failures"])
+    return FrameStore(store)
 
 
 def main_search(args: argparse.Namespace) -> int:

@@ -1,26 +1,33 @@
 """Stage `train`: train the unified model (also behind ``python train_unified_model.py``).
 
 Reads the config (params.yaml, or a JSON/YAML file such as the user's guide
-``{"training": {...}}``), applies the command-line overrides, checks that the tracking store
-is reachable, trains, and logs every epoch plus the best checkpoint to MLflow. Under torchrun
-every process trains (DDP); only rank 0 writes files and talks to MLflow.
+``{"training": {...}}``), applies the command-line overrides and hands the config to
+:func:`~..training.run_training`: raw split folders are extracted once into
+``data.frames_cache``, the tracking store is checked before any work, every epoch and the
+best checkpoint go to MLflow and TensorBoard. Under torchrun every process trains (DDP);
+only rank 0 writes files and talks to MLflow.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipelines.common import add_params_arg, load_params
+from tempstop.config import TRAINING_MODES
 
-MODES = ["joint", "tempme_only", "stop_only", "sequential"]
+from ..common import add_params_arg, add_tags_arg, load_params, run_tags
+
+if TYPE_CHECKING:
+    from tempstop.config import ProjectConfig
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """The options of ``tempstop train`` and ``train_unified_model.py`` (the same)."""
-    p.add_argument("--mode", choices=MODES, default=None, help="training mode (overrides training.mode)")
+    p.add_argument(
+        "--mode", choices=TRAINING_MODES, default=None, help="training mode (overrides training.mode)"
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides training.seed)")
     p.add_argument(
         "--resume", default=None, metavar="PATH", help="continue from checkpoint_epoch_N.pth (full state)"
@@ -39,6 +46,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_params_arg(p)
+    add_tags_arg(p)
 
 
 def register(sub) -> None:
@@ -47,10 +55,10 @@ def register(sub) -> None:
         "train",
         help="train the unified TempMe-STOP model (joint, tempme_only, stop_only, sequential)",
         description="Train on training.train_data_path, validate every epoch on training.val_data_path "
-        "(frame stores, or split folders extracted into training.frames_cache first) and write "
-        "checkpoints, best_model.pth (best validation t2v R@1), history.json, config.json and "
-        "TensorBoard logs to training.checkpoint_dir. Multi-GPU: torchrun --nproc_per_node N "
-        "$(which tempstop) train ...",
+        "(default: the data.train_split and data.val_split folders under data.root; frame stores, or "
+        "split folders, extracted into data.frames_cache first) and write checkpoints, best_model.pth "
+        "(best validation t2v R@1), history.json, config.json and TensorBoard logs to "
+        "training.checkpoint_dir. Multi-GPU: torchrun --nproc_per_node N $(which tempstop) train ...",
     )
     add_train_args(p)
     p.set_defaults(func=main)
@@ -68,70 +76,72 @@ def config_from_args(args: argparse.Namespace):
         over["training.checkpoint_dir"] = args.checkpoint_dir
     if args.epochs is not None:
         over["training.num_epochs"] = args.epochs
-    return cfg.with_overrides(over) if over else cfg
+    return cfg.with_overrides(over, "command line") if over else cfg
 
 
-class TrackerCallback:
-    """Sends each epoch's metrics to the tracker (x axis: epoch)."""
+def frame_stores(cfg: ProjectConfig, info, progress: bool = True) -> ProjectConfig:
+    """``cfg`` with its training and validation data as frame stores: a raw split folder is
+    extracted into ``data.frames_cache`` (:func:`tempstop.data.extract.ensure_store`, with
+    the annotation checks of ``validate``) by the main process, once; the others wait and
+    reuse it. Every video that failed is named on stderr."""
+    from tempstop.data.store import is_store
+    from tempstop.training.distributed import barrier
 
-    def __init__(self, tracker) -> None:
-        self.tracker = tracker
+    from ..common import report_failures
 
-    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
-        self.tracker.log_metrics(
-            {k: v for k, v in metrics.items() if k not in ("epoch", "phase")}, step=epoch
-        )
+    paths = {"training.train_data_path": cfg.train_data(), "training.val_data_path": cfg.val_data()}
+    raw = {k: p for k, p in paths.items() if not is_store(p) and (Path(p) / "annotations.json").is_file()}
+    if not raw:
+        return cfg
+    stores = {}
+    for turn in ("main", "others"):  # the main process extracts; then the others find the cache
+        if (turn == "main") == info.is_main:
+            for key, path in raw.items():
+                stores[key], summary = _ensure(cfg, path, progress)
+                if summary is not None:
+                    report_failures(path, summary["failures"])
+        barrier()
+    return cfg.with_overrides({k: str(v) for k, v in stores.items()})
+
+
+def _ensure(cfg: ProjectConfig, path: str, progress: bool):
+    from tempstop.data.extract import ensure_store
+
+    return ensure_store(
+        path, cfg.data.frames_cache, cfg.extract, cfg.model.frames, datatype=cfg.data.datatype,
+        checks=cfg.validate_, progress=progress,
+    )  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
     """Train; exit 2 with a one-line message when a check stops the run (data path, sizes,
     resume file, tracking store, too many non-finite losses)."""
-    from pipelines.tracking import TrackingError, check_tracking, open_tracker
-    from tempstop.data.store import StoreError
-    from tempstop.training.checkpoint import CheckpointError
-    from tempstop.training.distributed import cleanup
-    from tempstop.training.setup import TrainingError
-    from tempstop.training.trainer import UnifiedModelTrainer
+    from tempstop.training.distributed import init_distributed
     from tempstop.utils import atomic_write_json
 
+    from ..training import error_message, run_training, training_errors
+
     cfg = config_from_args(args)
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    t = cfg.training
     try:
-        if main_process:
-            check_tracking(cfg)
-        trainer = UnifiedModelTrainer(
-            cfg,
-            resume=args.resume,
-            init_from=args.init_from,
-            device=args.device,
+        cfg = frame_stores(cfg, init_distributed(args.device), not args.no_progress)
+        summary = run_training(
+            cfg, resume=args.resume, init_from=args.init_from, tags=run_tags(args), device=args.device,
             progress=not args.no_progress,
-        )
-        run_name = f"{t.mode}-seed{t.seed}"
-        if not main_process:
-            trainer.train()
-            return 0
-        with open_tracker(cfg, job="train", run_name=run_name) as tracker:
-            trainer.callbacks.append(TrackerCallback(tracker))
-            summary = trainer.train()
-            best = Path(summary["best_checkpoint"])
-            history = Path(t.checkpoint_dir) / "history.json"
-            if history.is_file():
-                tracker.log_artifact(history)
-            if best.is_file():
-                best_metrics = {
-                    k.removeprefix("best_"): v for k, v in summary.items() if k.startswith("best_val_")
-                }
-                summary["registered_version"] = tracker.register_checkpoint(best, best_metrics)
-    except (TrainingError, CheckpointError, StoreError, TrackingError, FileNotFoundError) as exc:
-        print(f"tempstop train: {exc}", file=sys.stderr)
+        )  # fmt: skip
+    except training_errors() as exc:
+        print(f"tempstop train: {error_message(exc)}", file=sys.stderr)
         return 2
-    finally:
-        cleanup()
+    if summary is None:  # not the main process of a torchrun launch
+        return 0
     if args.summary:
         atomic_write_json(args.summary, summary)
+    best = summary["best_checkpoint"]
+    result = (
+        f"best validation t2v R@1 {summary['best_metric']:.1f} at epoch {summary['best_epoch']} -> {best}"
+        if best
+        else "no epoch had a finite validation R@1: no best_model.pth"
+    )
     print(
-        f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['seconds']:.0f} s; best validation "
-        f"t2v R@1 {summary['best_metric']:.1f} at epoch {summary['best_epoch']} -> {summary['best_checkpoint']}"
+        f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['seconds']:.0f} s; {result}"
     )
     return 0

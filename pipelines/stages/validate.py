@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.common import add_params_arg, load_params
+from ..common import add_params_arg, load_params
 
 DEFAULT_REPORT = "reports/validate.json"
 

@@ -1,12 +1,18 @@
 """One typed configuration for TempMe-STOP.
 
 `params.yaml` (DVC), the user's JSON training configs (``{"training": {...}}``) and the
-CLI all load into :class:`UnifiedModelConfig`. Validation happens once, at the entry point:
-an unknown key or a value of the wrong type raises :class:`ConfigError` naming the key
-(``training.batch_size: ...``).
+CLI all load into :class:`ProjectConfig` (the user's guide calls it ``UnifiedModelConfig``).
+Validation happens once, at the entry point, and is strict: an unknown key, or a value of the
+wrong type (``"8"`` for an int, ``"yes"`` for a bool), raises :class:`ConfigError` naming the
+key (``training.batch_size: ...``).
+
+The defaults below are the only defaults: params.yaml states the same values, except for the
+``demo_recipe`` section (the demo's own options, off by default) and the tiny backbone's
+``model`` block. Earlier spellings of moved keys still load (:data:`LEGACY_KEYS`), so older
+checkpoints and the guide's ``training.datatype`` keep working.
 
 Sections are small models so that each component receives only its own part
-(``create_unified_model(cfg.model)``, ``extract(..., cfg.extract)``).
+(``create_unified_model(cfg.model)``, ``extract_split(..., cfg.extract, frames=cfg.model.frames)``).
 """
 
 from __future__ import annotations
@@ -16,7 +22,16 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tempstop.config_files import (
+    LegacyKeyError,
+    first_line,
+    format_errors,
+    parse_yaml,
+    read_text,
+    upgrade_legacy_keys,
+)
 
 Datatype = Literal["msrvtt", "didemo", "activitynet", "vatex", "demo", "custom"]
 TrainingMode = Literal["joint", "tempme_only", "stop_only", "sequential"]
@@ -38,9 +53,10 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    # Unknown keys are errors (typos must not be silently ignored); types are strict
-    # enough that "8" for an int is rejected rather than guessed.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
+    # Unknown keys are errors (typos must not be silently ignored), and types are strict: a
+    # string is never taken for a number or a bool ("8", "yes" are refused). An int is a
+    # valid float.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DataConfig(_Section):
@@ -51,6 +67,9 @@ class DataConfig(_Section):
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
+    # Where train, evaluate and index extract a raw split folder they are given (once; reused
+    # while its annotations are unchanged).
+    frames_cache: str = "data/frames_cache"
 
 
 class DemoConfig(_Section):
@@ -68,12 +87,15 @@ class DemoConfig(_Section):
 
 
 class ValidateConfig(_Section):
-    """Annotation and video checks."""
+    """Annotation and video checks (``tempstop validate``; the annotation checks also run
+    before a raw split is extracted)."""
 
     timeout_s: float = Field(30.0, gt=0)
     workers: int = Field(2, ge=1)
     min_caption_words: int = Field(1, ge=0)
     max_caption_words: int = Field(200, ge=1)
+    # Captions of one video: MSR-VTT has 20, ActivityNet up to ~30.
+    max_captions: int = Field(1000, ge=1)
     min_fps: float = Field(1.0, gt=0)
     max_fps: float = Field(240.0, gt=0)
     min_side: int = Field(16, ge=1)
@@ -206,37 +228,55 @@ class ModelConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    """Trainer options; key names follow the user's guide (TRAINING_GUIDE.md)."""
+    """Trainer options; key names follow the user's guide (TRAINING_GUIDE.md).
+
+    The learning rates, batch size and epochs default to what trains the default backbone
+    (``tempstop-tiny``, from scratch); runs from CLIP weights want smaller learning rates.
+    """
 
     # params.yaml says `mode` (so `dvc exp run -S training.mode=joint` works); the user's
-    # guide JSON says `training_mode`: both load.
-    mode: TrainingMode = Field("joint", validation_alias=AliasChoices("mode", "training_mode"))
-    tempme_lr: float = Field(1e-4, ge=0)
-    stop_lr: float = Field(1e-5, ge=0)
-    backbone_lr: float = Field(1e-4, ge=0)
-    # Learning rate of CLIP's temperature (logit_scale); None: backbone_lr. From-scratch runs
-    # profit from a larger one: at 5e-4 the temperature barely moves in a short run.
-    logit_scale_lr: float | None = Field(None, ge=0)
-    batch_size: int = Field(8, ge=1)
+    # guide JSON says `training_mode`, which loads as `mode`.
+    mode: TrainingMode = "joint"
+    tempme_lr: float = Field(1e-3, ge=0)
+    stop_lr: float = Field(1e-3, ge=0)
+    backbone_lr: float = Field(1e-3, ge=0)
+    batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
-    num_epochs: int = Field(20, ge=1)
-    warmup_epochs: float = Field(2, ge=0)
+    num_epochs: int = Field(16, ge=1)
+    warmup_epochs: float = Field(1.0, ge=0)
     optimizer: Literal["AdamW", "BertAdam"] = "AdamW"
     weight_decay: float = Field(0.01, ge=0)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, ge=0)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    datatype: Datatype = "msrvtt"
     tempme_loss_weight: float = Field(1.0, ge=0)
     stop_loss_weight: float = Field(1.0, ge=0)
-    train_data_path: str = "./data/train"
-    val_data_path: str = "./data/val"
-    checkpoint_dir: str = "./checkpoints/unified_model"
+    # Frame stores (``tempstop extract``) or, through ``tempstop train``, raw split folders;
+    # null: ``<data.root>/<data.train_split>`` and ``<data.root>/<data.val_split>``.
+    train_data_path: str | None = None
+    val_data_path: str | None = None
+    checkpoint_dir: str = "checkpoints/unified_model"
     save_every: int = Field(2, ge=1)
     sequential_split: float = Field(0.5, gt=0, lt=1)
     amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
     seed: int = 42
     num_workers: int = Field(0, ge=0)
+    max_bad_steps: int = Field(5, ge=1)
+
+    @property
+    def training_mode(self) -> str:
+        """The guide's name for :attr:`mode`."""
+        return self.mode
+
+
+class DemoRecipeConfig(_Section):
+    """The demo benchmark's own training options (README, "What made the demo work"): what the
+    tiny backbone, trained from scratch on the generated clips, needs to learn the shapes its
+    captions name. All off by default; a run from CLIP weights needs none of them.
+    """
+
+    # Batches keep the demo's quadruples together (hard negatives that differ only in time);
+    # needs the annotation field "quadruple".
     keep_quadruples: bool = False
     # Fraction of every batch filled with the groups most similar in caption to a random
     # anchor (hard negatives for fine distinctions, e.g. the demo's shapes); 0 = off.
@@ -245,15 +285,9 @@ class TrainingConfig(_Section):
     # recomputed at every epoch start (captions the model finds alike); "words" = TF-IDF of
     # the caption words (fixed, free, but blind to which words matter).
     hard_batch_source: Literal["model", "words"] = "model"
-    max_bad_steps: int = Field(5, ge=1)
-    frames_cache: str = "data/frames_cache"
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
-
-    @property
-    def training_mode(self) -> str:
-        """The guide's name for :attr:`mode`."""
-        return self.mode
+    # Learning rate of CLIP's temperature (logit_scale); null: training.backbone_lr. From
+    # scratch the temperature barely moves at backbone_lr within a short run.
+    logit_scale_lr: float | None = Field(None, ge=0)
 
 
 class EvaluateConfig(_Section):
@@ -278,7 +312,20 @@ class TrackingConfig(_Section):
     enabled: bool = True
 
 
-class UnifiedModelConfig(_Section):
+#: Keys that moved, old spelling -> new (checkpoints and configs written before still load).
+LEGACY_KEYS: dict[str, str] = {
+    "training.training_mode": "training.mode",  # the user's guide
+    "training.datatype": "data.datatype",  # the user's guide
+    "training.frames_cache": "data.frames_cache",
+    "training.keep_quadruples": "demo_recipe.keep_quadruples",
+    "training.hard_batches": "demo_recipe.hard_batches",
+    "training.hard_batch_source": "demo_recipe.hard_batch_source",
+    "training.logit_scale_lr": "demo_recipe.logit_scale_lr",
+    "extract.frames": "model.frames",
+}
+
+
+class ProjectConfig(_Section):
     """The whole configuration: every section of params.yaml."""
 
     data: DataConfig = Field(default_factory=DataConfig)
@@ -287,46 +334,49 @@ class UnifiedModelConfig(_Section):
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    demo_recipe: DemoRecipeConfig = Field(default_factory=DemoRecipeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)
 
     # ---- loading -------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> UnifiedModelConfig:
+    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> ProjectConfig:
         """Validate a nested dict; errors name the file and the dotted key."""
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
         try:
-            return cls.model_validate(raw)
+            return cls.model_validate(upgrade_legacy_keys(raw, LEGACY_KEYS))
         except ValidationError as exc:
-            raise ConfigError(_format_errors(exc, source)) from None
+            raise ConfigError(format_errors(exc, source)) from None
+        except LegacyKeyError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     @classmethod
-    def from_json(cls, path: str | Path) -> UnifiedModelConfig:
+    def from_json(cls, path: str | Path) -> ProjectConfig:
         """Load a JSON config (the user's guide format ``{"training": {...}}`` or full)."""
         path = Path(path)
         try:
-            raw = json.loads(_read(path))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+            raw = json.loads(read_text(path, ConfigError))
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ConfigError(f"{path}: not valid JSON: {first_line(exc)}") from None
         return cls.from_dict(raw, str(path))
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> UnifiedModelConfig:
+    def from_yaml(cls, path: str | Path) -> ProjectConfig:
         """Load a YAML config such as params.yaml."""
         path = Path(path)
         try:
-            raw = yaml.safe_load(_read(path))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raw = parse_yaml(read_text(path, ConfigError))
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise ConfigError(f"{path}: not valid YAML: {first_line(exc)}") from None
         return cls.from_dict(raw, str(path))
 
     @classmethod
-    def from_file(cls, path: str | Path) -> UnifiedModelConfig:
+    def from_file(cls, path: str | Path) -> ProjectConfig:
         """Load JSON or YAML by extension."""
         suffix = Path(path).suffix.lower()
         if suffix == ".json":
@@ -336,20 +386,21 @@ class UnifiedModelConfig(_Section):
         raise ConfigError(f"{path}: unknown config format (use .json, .yaml or .yml)")
 
     # ---- editing and saving --------------------------------------------------------
-    def with_overrides(self, overrides: dict[str, Any]) -> UnifiedModelConfig:
+    def with_overrides(self, overrides: dict[str, Any], source: str = "overrides") -> ProjectConfig:
         """Return a copy with dotted-key overrides applied (``{"training.batch_size": 4}``)."""
         raw = self.to_dict()
         for dotted, value in overrides.items():
+            dotted = LEGACY_KEYS.get(dotted, dotted)
             node = raw
             keys = dotted.split(".")
             for key in keys[:-1]:
                 if not isinstance(node.get(key), dict):
-                    raise ConfigError(f"{dotted}: unknown key {key!r}")
+                    raise ConfigError(f"{source}: unknown key '{dotted}'")
                 node = node[key]
             if keys[-1] not in node:
-                raise ConfigError(f"{dotted}: unknown key {keys[-1]!r}")
+                raise ConfigError(f"{source}: unknown key '{dotted}'")
             node[keys[-1]] = value
-        return UnifiedModelConfig.from_dict(raw, "overrides")
+        return ProjectConfig.from_dict(raw, source)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, with the section names of params.yaml."""
@@ -375,26 +426,22 @@ class UnifiedModelConfig(_Section):
         walk("", self.to_dict())
         return out
 
+    # ---- derived values ------------------------------------------------------------
+    def train_data(self) -> str:
+        """``training.train_data_path``, or the training split under ``data.root``."""
+        return self.training.train_data_path or str(Path(self.data.root) / self.data.train_split)
 
-def _read(path: Path) -> str:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    return path.read_text(encoding="utf-8")
-
-
-def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate")
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'")
-        else:
-            lines.append(f"{source}: {key}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
+    def val_data(self) -> str:
+        """``training.val_data_path``, or the validation split under ``data.root``."""
+        return self.training.val_data_path or str(Path(self.data.root) / self.data.val_split)
 
 
-def load_config(path: str | Path | None = None) -> UnifiedModelConfig:
+#: The user's guide's name for :class:`ProjectConfig`.
+UnifiedModelConfig = ProjectConfig
+
+
+def load_config(path: str | Path | None = None) -> ProjectConfig:
     """Load ``path`` (JSON or YAML); ``None`` gives the defaults."""
     if path is None:
-        return UnifiedModelConfig()
-    return UnifiedModelConfig.from_file(path)
+        return ProjectConfig()
+    return ProjectConfig.from_file(path)

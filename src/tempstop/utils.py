@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes, seeding, a model's train/eval mode for a block."""
+"""Small shared helpers: atomic file writes and their leftovers, seeding, a model's train/eval
+mode for a block, weights-only loading with one-line errors."""
 
 from __future__ import annotations
 
@@ -12,26 +13,53 @@ from pathlib import Path
 from typing import Any
 
 
+class WriteError(OSError):
+    """A file could not be written (a full disk, a read-only folder); the message names it."""
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file.
 
     The temporary file lives in the target's folder so the rename stays on one filesystem.
+    A failed write leaves ``path`` as it was and no temporary behind; an ``OSError`` comes
+    back as a :class:`WriteError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         write(tmp_path)
         # mkstemp creates the file 0600; give it the mode a plain open() would have.
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
+    except WriteError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        error = WriteError(f"{path}: cannot write ({reason}); is the disk full?")
+        error.errno = exc.errno
+        raise error from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries that writers killed mid-write left in ``folder`` (hidden
+    ``.*.tmp`` files, as :func:`atomic_write` and the frame store name them); returns them.
+
+    Only for folders with a single writer, called before it starts writing.
+    """
+    folder = Path(folder)
+    stale = sorted(p for p in folder.glob(".*.tmp") if p.is_file()) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -254,7 +254,7 @@ def test_refuses_to_overwrite_another_dataset(tmp_path):
 
 
 def test_cli_demo_data(tmp_path, capsys):
-    from pipelines.cli import main
+    from tempstop_pipelines.cli import main
 
     out = tmp_path / "cli_demo"
     sets = [f"demo.{k}={v}" for k, v in SMALL.items()]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from media import frame_id, indexed_frames, make_clip, make_split, write_annotations
 
-from pipelines.cli import main as cli
+from tempstop_pipelines.cli import main as cli
 from tempstop.config import ExtractConfig
 from tempstop.data.annotations import VideoRecord
 from tempstop.data.extract import ExtractError, ensure_store, extract_split, plan_jobs
@@ -17,9 +17,9 @@ from tempstop.data.store import FrameStore
 from tempstop.data.video import decode_dims, video_size
 
 
-def _extract(split, out, **cfg):
-    cfg = ExtractConfig(**{"frames": 8, "size": 32, "workers": 1, **cfg})
-    return extract_split(split, out, cfg, progress=False)
+def _extract(split, out, frames=8, **cfg):
+    cfg = ExtractConfig(**{"size": 32, "workers": 1, **cfg})
+    return extract_split(split, out, cfg, frames, progress=False)
 
 
 def test_hd_clip_sampled_resized_and_centre_cropped(tmp_path):
@@ -96,6 +96,7 @@ def test_resume_skips_done_and_redoes_deleted(tmp_path):
     assert (first["done"], first["skipped"], first["failed"], first["items"]) == (3, 0, 2, 3)
     failed = {f["video_id"]: f["reason"] for f in FrameStore(out).failed}
     assert set(failed) == {"bad", "gone"}
+    assert {f["video_id"]: f["reason"] for f in first["failures"]} == failed  # named, not only counted
     assert "cannot open video" in failed["bad"] and "file not found" in failed["gone"]
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "arrays").iterdir()}
 
@@ -128,18 +129,18 @@ def test_changed_video_is_redone_and_settings_clash_refused(tmp_path):
 def test_ensure_store_extracts_once_into_cache(tmp_path):
     split = tmp_path / "val"
     make_split(split, count=2)
-    cfg = ExtractConfig(frames=4, size=16, workers=1)
-    store = ensure_store(split, tmp_path / "cache", cfg)
+    cfg = ExtractConfig(size=16, workers=1)
+    store, summary = ensure_store(split, tmp_path / "cache", cfg, 4, progress=False)
     assert store.parent == tmp_path / "cache" and store.name.startswith("val-")
-    assert len(FrameStore(store)) == 2
+    assert len(FrameStore(store)) == 2 and summary["done"] == 2
     index_mtime = (store / "index.json").stat().st_mtime_ns
-    assert ensure_store(split, tmp_path / "cache", cfg) == store
+    assert ensure_store(split, tmp_path / "cache", cfg, 4) == (store, None)
     assert (store / "index.json").stat().st_mtime_ns == index_mtime  # reused, not rebuilt
-    assert ensure_store(store, tmp_path / "elsewhere", cfg) == store  # a store is returned as is
-    other = ensure_store(split, tmp_path / "cache", ExtractConfig(frames=2, size=16, workers=1))
+    assert ensure_store(store, tmp_path / "elsewhere", cfg, 4) == (store, None)  # a store as is
+    other, _ = ensure_store(split, tmp_path / "cache", cfg, 2, progress=False)
     assert other != store and FrameStore(other).frames == 2
-    with pytest.raises(FileNotFoundError, match="neither a frame store"):
-        ensure_store(tmp_path / "nothing", tmp_path / "cache", cfg)
+    with pytest.raises(ExtractError, match="neither a frame store"):
+        ensure_store(tmp_path / "nothing", tmp_path / "cache", cfg, 4)
 
 
 def test_extract_stage_cli(tmp_path, capsys):
@@ -148,7 +149,7 @@ def test_extract_stage_cli(tmp_path, capsys):
     make_split(root / "test", count=1)
     out = tmp_path / "frames"
     params = tmp_path / "params.yaml"  # not the repository's params.yaml
-    params.write_text("extract: {frames: 4, size: 16, workers: 1}\n")
+    params.write_text("extract: {size: 16, workers: 1}\nmodel: {frames: 4}\n")
     rc = cli(["extract", "--data", str(root), "--out", str(out), "--no-progress", "--params", str(params),
               "--set", "extract.size=16", "--summary", str(tmp_path / "s.json")])  # fmt: skip
     assert rc == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from media import make_clip, sleepy_probe, truncate, write_annotations
 
-from pipelines.cli import main as cli
+from tempstop_pipelines.cli import main as cli
 from tempstop.config import ValidateConfig
 from tempstop.data.validate import validate_split
 

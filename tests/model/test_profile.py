@@ -8,9 +8,9 @@ import pytest
 import torch
 from model_helpers import tiny_config
 
-from pipelines.cli import main
 from tempstop.model import create_unified_model
 from tempstop.model.profile import trainable_parameters, visual_gflops
+from tempstop_pipelines.cli import main
 
 
 def test_profile_stage_prints_json(capsys):

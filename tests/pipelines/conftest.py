@@ -47,7 +47,7 @@ def mlflow_uri(tmp_path, monkeypatch):
 
 
 def smoke_overrides(mode: str | None = None) -> dict:
-    from pipelines.flows.plan import SMOKE_OVERRIDES
+    from tempstop_pipelines.flows.plan import SMOKE_OVERRIDES
 
     values = dict(SMOKE_OVERRIDES)
     if mode:
@@ -160,7 +160,7 @@ def prefect_env(tmp_path: Path, project: Path, port: int) -> dict:
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "tempstop,pipelines",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "tempstop,tempstop_pipelines",
         "TEMPSTOP_ROOT": str(project),
     }
 

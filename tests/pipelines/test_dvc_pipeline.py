@@ -60,7 +60,8 @@ def test_dvc_repro_sequential_then_joint_experiment(project, write_params):
     assert stages == ["evaluate", "train_stop", "train_tempme"]
     train_run = next(r for r in runs if r.data.tags.get("stage") == "train_stop")
     assert train_run.data.tags["data_version"] and train_run.data.tags["git_commit"] != "unknown"
-    assert train_run.data.params["training.mode"] == "stop_only"
+    assert train_run.data.params["training.mode"] == "sequential"  # the run's whole config ...
+    assert (train_run.data.tags["train_mode"], train_run.data.tags["phase"]) == ("stop_only", "stop")  # ... its part
     assert "val_t2v_R1" in train_run.data.metrics
     versions = client.search_model_versions("name='tempstop-unified'")
     assert len(versions) == 2 and all("val_t2v_R1" in v.tags for v in versions)

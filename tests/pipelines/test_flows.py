@@ -17,8 +17,8 @@ def harness():
 
 @pytest.mark.slow
 def test_unreachable_tracking_fails_the_flow_before_any_stage(harness, project, monkeypatch):
-    from pipelines.flows.retrain import retrain
-    from pipelines.tracking import TrackingError
+    from tempstop_pipelines.flows.retrain import retrain
+    from tempstop_pipelines.tracking import TrackingError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     with pytest.raises(TrackingError, match=r"127\.0\.0\.1:1"):
@@ -32,7 +32,7 @@ def test_joint_flow_runs_every_stage_and_promotes(harness, project):
     from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
 
-    from pipelines.flows.retrain import retrain
+    from tempstop_pipelines.flows.retrain import retrain
 
     state = retrain(mode="joint", smoke=True, return_state=True)
     assert state.is_completed(), state.message

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import tempstop
-from tempstop_pipelines import cli
 from tempstop.data.store import array_relpath, save_array, write_index
 from tempstop.data.transforms import frames_to_tensor
+from tempstop_pipelines import cli
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "tempme"
 OFFICIAL = FIXTURE / "official_model.pt"
@@ -138,7 +138,7 @@ def test_evaluate_index_and_search_accept_the_imported_checkpoint(
     assert result["num_videos"] == 2 and result["t2v"]["R1"] in (0.0, 50.0, 100.0)
     index = tmp_path / "index"
     assert cli.main(["index", "--checkpoint", str(imported), "--data", str(store), "--out", str(index),
-                     "--float32", "--no-progress"]) == 0  # fmt: skip
+                     "--no-progress"]) == 0  # fmt: skip
     capsys.readouterr()
     assert cli.main(["search", "--index", str(index), "--json", "--top-k", "2", ref["sentences"][1]]) == 0
     hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["hits"]

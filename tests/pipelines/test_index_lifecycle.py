@@ -64,8 +64,8 @@ def test_promotion_reindexes_and_the_service_swaps(tmp_path, helpers, prefect_to
     sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
     from media import make_clip
 
-    from tempstop_pipelines import cli
     from tempstop.config import UnifiedModelConfig
+    from tempstop_pipelines import cli
     from tempstop_pipelines.stages.promote import promote
 
     pt = prefect_tools

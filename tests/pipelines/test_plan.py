@@ -1,4 +1,4 @@
-"""dvc.yaml and the Prefect flow run the same commands; train-phase planning; plots."""
+"""dvc.yaml and the Prefect flow run the same commands; train-phase planning; torchrun launch; plots."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.flows.plan import SMOKE_OVERRIDES, Paths, override_args, pipeline_steps
-from pipelines.stages.plots import history_rows, make_plots, recall_rows
-from pipelines.stages.train_phase import plan
-from tempstop.config import UnifiedModelConfig
+from tempstop.config import ProjectConfig, TrainingConfig
+from tempstop.training.state import Phase
+from tempstop_pipelines.flows.plan import SMOKE_OVERRIDES, Paths, dvc_set_args, pipeline_steps
+from tempstop_pipelines.stages.plots import history_rows, make_plots, recall_rows
+from tempstop_pipelines.stages.train_phase import stage_plan
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN_PHASE_MODULE = "python -m pipelines.stages.train_phase"
 
 
 def _dvc_commands() -> dict[str, list[str]]:
@@ -29,15 +29,16 @@ def _dvc_commands() -> dict[str, list[str]]:
     out = {}
     for name, stage in stages.items():
         cmds = stage["cmd"] if isinstance(stage["cmd"], list) else [stage["cmd"]]
-        out[name] = [shlex.split(c.replace(TRAIN_PHASE_MODULE, "tempstop train-phase")) for c in cmds]
+        out[name] = [shlex.split(c) for c in cmds]
     return out
 
 
 def test_flow_runs_exactly_the_dvc_commands():
     dvc = _dvc_commands()
+    training = TrainingConfig(mode="sequential")
     steps = {
         s.name: s.argv
-        for s in pipeline_steps(Paths.from_dvc_yaml(ROOT / "dvc.yaml"), "sequential", pass_through=True)
+        for s in pipeline_steps(Paths.from_dvc_yaml(ROOT / "dvc.yaml"), training, pass_through=True)
     }
     for name in ("demo_data", "validate", "extract_frames", "train_tempme", "train_stop"):
         assert dvc[name] == [["tempstop", *steps[name]]], name
@@ -45,52 +46,73 @@ def test_flow_runs_exactly_the_dvc_commands():
     assert set(dvc) == {"demo_data", "validate", "extract_frames", "train_tempme", "train_stop", "evaluate"}
 
 
-def test_dvc_stage_params_exist_and_tracking_is_not_a_dependency():
-    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for name, stage in doc["stages"].items():
-        for key in stage.get("params", []):
-            node = params
-            for part in key.split("."):
-                assert part in node, f"{name}: params.yaml has no {key}"
-                node = node[part]
-            assert not key.startswith("tracking"), name
-    assert doc["stages"]["demo_data"]["params"] == ["demo"]
-    assert doc["stages"]["extract_frames"]["params"] == ["extract"]
-
-
 def test_joint_flow_skips_the_pass_through_stage():
-    steps = pipeline_steps(Paths(), "joint", extra=["--set", "training.mode=joint"])
+    steps = pipeline_steps(Paths(), TrainingConfig(mode="joint"))
     names = [s.name for s in steps]
     assert "train_stop" not in names
     evaluate = next(s for s in steps if s.name == "evaluate")
     assert "outputs/tempme/best_model.pth" in evaluate.argv
-    assert evaluate.argv[-2:] == ["--set", "training.mode=joint"]
-    plots = next(s for s in steps if s.name == "plots")
-    assert "--set" not in plots.argv  # plots reads no params
+    assert not any(a in ("--set", "--params") for s in steps for a in s.argv)  # config travels as an object
     assert next(s for s in steps if s.name == "extract_frames").retries > 0
+    # A one-epoch sequential run has no STOP phase: nothing for train_stop to train.
+    assert "train_stop" not in [
+        s.name for s in pipeline_steps(Paths(), TrainingConfig(mode="sequential", num_epochs=1))
+    ]
 
 
 def test_smoke_overrides_are_valid_params():
-    cfg = UnifiedModelConfig.from_yaml(ROOT / "params.yaml").with_overrides(SMOKE_OVERRIDES)
+    cfg = ProjectConfig.from_yaml(ROOT / "params.yaml").with_overrides(SMOKE_OVERRIDES)
     assert cfg.training.num_epochs == 1
-    args = override_args("p.yaml", {"training.mode": "joint", "demo.seconds": 2.0})
-    assert args == ["--params", "p.yaml", "--set", "training.mode=joint", "--set", "demo.seconds=2.0"]
+    assert dvc_set_args({"training.mode": "joint", "demo.seconds": 2.0}) == [
+        "-S", "training.mode=joint", "-S", "demo.seconds=2.0"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("mode", "epochs", "tempme", "stop"),
     [
-        ("sequential", 10, ("train", "tempme_only", 5), ("train", "stop_only", 5)),
-        ("sequential", 1, ("train", "tempme_only", 1), ("pass", None, 0)),
-        ("joint", 4, ("train", "joint", 4), ("pass", None, 0)),
-        ("tempme_only", 4, ("train", "tempme_only", 4), ("pass", None, 0)),
-        ("stop_only", 4, ("initial", None, 0), ("train", "stop_only", 4)),
+        ("sequential", 10, ("train", [("tempme_only", 0, 5)]), ("train", [("stop_only", 5, 10)])),
+        ("sequential", 1, ("train", [("tempme_only", 0, 1)]), ("pass", [])),
+        ("joint", 4, ("train", [("joint", 0, 4)]), ("pass", [])),
+        ("tempme_only", 4, ("train", [("tempme_only", 0, 4)]), ("pass", [])),
+        ("stop_only", 4, ("initial", []), ("train", [("stop_only", 0, 4)])),
     ],
 )
 def test_train_phase_plan(mode, epochs, tempme, stop):
-    assert plan("tempme", mode, epochs, 0.5) == tempme
-    assert plan("stop", mode, epochs, 0.5) == stop
+    training = TrainingConfig(mode=mode, num_epochs=epochs, sequential_split=0.5)
+    for stage, (action, phases) in (("tempme", tempme), ("stop", stop)):
+        assert stage_plan(stage, training) == (action, [Phase(*p) for p in phases]), stage
+
+
+def test_several_gpus_launch_torchrun_with_one_run_file(monkeypatch, tmp_path):
+    import sys
+
+    from tempstop_pipelines import training
+
+    seen = []
+
+    def call(cmd):  # what torchrun would start: every process reads the one file
+        seen.append((cmd, training.TrainingRun.from_json(cmd[-1])))
+        return 0
+
+    monkeypatch.setattr(training.subprocess, "call", call)
+    cfg = ProjectConfig().with_overrides(
+        {"training.mode": "sequential", "training.checkpoint_dir": str(tmp_path)}
+    )
+    run = training.TrainingRun(cfg, phases=[Phase("stop_only", 8, 16)], init_from="a/best_model.pth",
+                               tags={"stage": "train_stop"}, progress=False)  # fmt: skip
+    assert training.launch(run, nproc=4) == 0
+    ((cmd, passed),) = seen
+    assert cmd[:6] == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=4",
+        "-m",
+    ]
+    assert cmd[6:-1] == ["tempstop_pipelines.launch"]
+    assert passed == run  # config, phases, weights to start from and tags: all in the file
+    assert not Path(cmd[-1]).exists()  # a temporary
 
 
 def test_plots_write_pictures_and_dvc_data(tmp_path):
@@ -127,30 +149,3 @@ def test_recall_rows_fall_back_to_r_at_k_and_history_counts_on():
     )
     assert [r["k"] for r in rows] == [1, 5, 10]
     assert [r["epoch"] for r in history_rows([[{"epoch": 1}], [], [{"epoch": 1}, {"epoch": 2}]])] == [1, 2, 3]
-
-
-def test_train_stages_read_every_training_key_except_the_paths_they_set():
-    from tempstop.config import TrainingConfig
-
-    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    set_by_stage = {"checkpoint_dir", "train_data_path", "val_data_path", "frames_cache"}
-    for name in ("train_tempme", "train_stop"):
-        listed = {
-            p.removeprefix("training.") for p in doc["stages"][name]["params"] if p.startswith("training.")
-        }
-        assert listed == set(TrainingConfig.model_fields) - set_by_stage, name
-        assert "model" in doc["stages"][name]["params"]
-
-
-def test_several_gpus_relaunch_training_under_torchrun(monkeypatch):
-    import sys
-
-    from pipelines.stages import train_phase
-
-    calls = []
-    monkeypatch.setattr(train_phase.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
-    assert train_phase._run_train(["train", "--mode", "joint"], nproc=4) == 0
-    assert calls == [
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
-         "-m", "pipelines.cli", "train", "--mode", "joint"]
-    ]  # fmt: skip

@@ -39,9 +39,9 @@ def demo_index(tmp_path_factory):
     """The demo test split indexed with the fixture model; returns (index dir, annotations)."""
     import json
 
-    from tempstop_pipelines import cli
     from tempstop.config import DemoConfig
     from tempstop.data.demo import generate_demo
+    from tempstop_pipelines import cli
 
     base = tmp_path_factory.mktemp("page")
     generate_demo(base / "demo", DemoConfig(train_quadruples=1), progress=False)

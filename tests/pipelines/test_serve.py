@@ -19,12 +19,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
 from media import make_clip  # noqa: E402
 
-from pipelines.serve.app import create_app  # noqa: E402
-from pipelines.serve.engine import EngineHolder, load_engine  # noqa: E402
 from tempstop.collection import IndexSettings, index_videos  # noqa: E402
 from tempstop.config import UnifiedModelConfig  # noqa: E402
 from tempstop.model import create_unified_model  # noqa: E402
 from tempstop.training.checkpoint import save_checkpoint  # noqa: E402
+from tempstop_pipelines.serve.app import create_app  # noqa: E402
+from tempstop_pipelines.serve.engine import EngineHolder, load_engine  # noqa: E402
 
 SETTINGS = IndexSettings(frames=4, size=64, workers=1, timeout_s=60)
 

@@ -7,17 +7,17 @@ import time
 
 import pytest
 
-from pipelines.stages import promote as promote_stage
-from pipelines.tracking import (
+from tempstop.config import UnifiedModelConfig
+from tempstop_pipelines.registry import resolve_model_uri
+from tempstop_pipelines.stages import promote as promote_stage
+from tempstop_pipelines.tracking import (
     Tracker,
     TrackingError,
     check_tracking,
     open_tracker,
-    resolve_model_uri,
     sanitize_metric_name,
     selection_score,
 )
-from tempstop.config import UnifiedModelConfig
 
 
 def _cfg(**tracking):
@@ -68,7 +68,7 @@ def test_run_records_params_tags_config_metrics(mlflow_uri):
     from mlflow import MlflowClient
 
     cfg = _cfg()
-    with open_tracker(cfg, job="train", run_name="unit") as tracker:
+    with open_tracker(cfg, job="train", run_name="unit", tags={"stage": "train_stop", "phase": "stop"}) as tracker:
         tracker.log_params(cfg.flat())  # what the train stage does again: must not fail
         for epoch in range(2):
             tracker.log_metrics(
@@ -81,6 +81,7 @@ def test_run_records_params_tags_config_metrics(mlflow_uri):
     assert run.data.params["training.mode"] == "joint"
     assert run.data.params["model.tempme.clipme_k"] == "[2, 2, 3]"
     assert {"git_commit", "mode", "job"} <= set(run.data.tags)
+    assert (run.data.tags["stage"], run.data.tags["phase"]) == ("train_stop", "stop")  # given as arguments
     assert [m.value for m in client.get_metric_history(run_id, "val_t2v_R_at_1")] == [0.0, 10.0]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert "config.json" in artifacts

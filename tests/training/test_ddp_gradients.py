@@ -1,8 +1,9 @@
 """DDP gradient scaling, exactly: 2 gloo processes on half a batch each == 1 process on the batch.
 
 The model's InfoNCE gathers features across ranks and DDP averages gradients; the trainer's
-``LossForward`` + ``ddp_grad_scale`` must turn that into the single-process gradient of the
-global batch, for every parameter (``logit_scale`` included). Compared before any optimiser
+``TrainingStep`` (``compute_training_loss`` as the module DDP wraps, no gradient factor) must
+give the single-process gradient of the global batch, for every parameter (``logit_scale``
+included). Compared before any optimiser
 touches them, since Adam hides a wrong gradient scale.
 """
 
@@ -58,17 +59,18 @@ def _batch(model):
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     from tempstop.training.distributed import cleanup, init_distributed
-    from tempstop.training.setup import LossForward, ddp_grad_scale, wrap_ddp
+    from tempstop.training.setup import StepRunner, TrainingStep
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     os.environ["LOCAL_RANK"] = str(rank)
     torch.set_num_threads(1)
     info = init_distributed("cpu")
     model = _model()
-    runner = wrap_ddp(LossForward(model, ddp_grad_scale(world)), info)
+    runner = StepRunner(TrainingStep(model), info)
+    assert runner.ddp is not None  # really DistributedDataParallel
     per = 4 // world
     part = [x[rank * per : (rank + 1) * per] for x in _batch(model)]
-    runner(*part)["loss_for_backward"].backward()
+    runner(*part)["total_loss"].backward()
     if rank == 0:
         torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, out)
     cleanup()

@@ -58,11 +58,10 @@ def test_param_groups_split_lr_and_decay():
     assert all(g["weight_decay"] == 0.0 for n, g in groups.items() if n.endswith("_no_decay"))
     no_decay = {id(p) for n, g in groups.items() if n.endswith("_no_decay") for p in g["params"]}
     assert id(model.frame_proj.bias) in no_decay and id(model.frame_proj.weight) not in no_decay
-    # The temperature: its own group, no decay, backbone_lr unless logit_scale_lr is set.
+    # The temperature: its own group, no decay, backbone_lr unless demo_recipe.logit_scale_lr is set.
     assert groups["logit_scale"]["params"] == [model.logit_scale]
     assert groups["logit_scale"]["weight_decay"] == 0.0 and groups["logit_scale"]["lr"] == 1e-5
-    cfg2 = cfg.model_copy(update={"logit_scale_lr": 0.01})
-    assert {g["name"]: g for g in build_param_groups(model, cfg2)}["logit_scale"]["lr"] == 0.01
+    assert {g["name"]: g for g in build_param_groups(model, cfg, 0.01)}["logit_scale"]["lr"] == 0.01
     assert not wants_decay("visual.positional_embedding", torch.zeros(4, 4))
     assert group_lrs(build_optimizer(model, cfg)) == {
         "lr_tempme": 1e-3,

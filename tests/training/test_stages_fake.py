@@ -9,7 +9,7 @@ import torch
 from training_helpers import FakeModel, write_store
 
 import tempstop.model
-from pipelines.cli import main as cli
+from tempstop_pipelines.cli import main as cli
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def trained(fake_model, tmp_path_factory):
             "train", "--mode", "joint", "--seed", "3", "--epochs", "1", "--checkpoint-dir", str(out), "--no-progress",
             "--summary", str(root / "summary.json"),
             "--set", f"training.train_data_path={store}", "--set", f"training.val_data_path={store}",
-            "--set", "training.batch_size=4", "--set", "training.datatype=demo", "--set", "tracking.enabled=false",
+            "--set", "training.batch_size=4", "--set", "data.datatype=demo", "--set", "tracking.enabled=false",
         ]
     )  # fmt: skip
     assert rc == 0
@@ -171,7 +171,7 @@ def test_train_unified_model_script_uses_the_guide_config(fake_model, tmp_path, 
 
 
 def test_evaluate_resolves_registry_uris(trained, tmp_path, monkeypatch):
-    import pipelines.tracking
+    import tempstop_pipelines.registry
 
     _, store, out = trained
     seen = []
@@ -180,7 +180,7 @@ def test_evaluate_resolves_registry_uris(trained, tmp_path, monkeypatch):
         seen.append(uri)
         return str(out / "best_model.pth")
 
-    monkeypatch.setattr(pipelines.tracking, "resolve_model_uri", resolve)
+    monkeypatch.setattr(tempstop_pipelines.registry, "resolve_model_uri", resolve)
     report = tmp_path / "eval.json"
     rc = cli(["evaluate", "--checkpoint", "models:/tempstop-unified@champion", "--data", str(store),
               "--json", str(report), "--no-track", "--no-progress"])  # fmt: skip
@@ -192,7 +192,7 @@ def test_train_command_talks_to_the_tracker(fake_model, tmp_path, monkeypatch):
     """check_tracking before training, metrics every epoch, the best checkpoint registered."""
     from contextlib import contextmanager
 
-    import pipelines.tracking
+    import tempstop_pipelines.tracking
 
     calls = []
 
@@ -208,21 +208,80 @@ def test_train_command_talks_to_the_tracker(fake_model, tmp_path, monkeypatch):
             return "7"
 
     @contextmanager
-    def open_tracker(cfg, job, run_name=None):
-        calls.append(("open", job, run_name))
+    def open_tracker(cfg, job, run_name=None, tags=None):
+        calls.append(("open", job, run_name, tags))
         yield Recorder()
 
-    monkeypatch.setattr(pipelines.tracking, "check_tracking", lambda cfg: calls.append(("check",)))
-    monkeypatch.setattr(pipelines.tracking, "open_tracker", open_tracker)
+    monkeypatch.setattr(tempstop_pipelines.tracking, "check_tracking", lambda cfg: calls.append(("check",)))
+    monkeypatch.setattr(tempstop_pipelines.tracking, "open_tracker", open_tracker)
     store = write_store(tmp_path / "data", videos=8)
     rc = cli(["train", "--mode", "joint", "--seed", "5", "--epochs", "2", "--no-progress",
               "--checkpoint-dir", str(tmp_path / "ck"), "--summary", str(tmp_path / "s.json"),
               "--set", f"training.train_data_path={store}", "--set", f"training.val_data_path={store}",
-              "--set", "training.batch_size=4"])  # fmt: skip
+              "--set", "training.batch_size=4", "--tag", "owner=me"])  # fmt: skip
     assert rc == 0
     kinds = [c[0] for c in calls]
     assert kinds == ["check", "open", "metrics", "metrics", "artifact", "register"]
-    assert calls[1] == ("open", "train", "joint-seed5")
+    assert calls[1] == ("open", "train", "joint-seed5", {"owner": "me", "train_mode": "joint"})
     assert [c[1] for c in calls if c[0] == "metrics"] == [1, 2]
     assert calls[-1] == ("register", "best_model.pth", True)
     assert json.loads((tmp_path / "s.json").read_text())["registered_version"] == "7"
+
+
+def test_tensorboard_logs_come_from_the_cli_callback(trained):
+    """TensorBoard is a callback of `tempstop train`: per-step loss and per-epoch metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, out = trained
+    events = EventAccumulator(str(out / "logs"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/grad_norm", "val/val_t2v_R1", "lr/lr_tempme", "epoch/train_loss"} <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]  # 16 videos, batch 4
+
+
+def test_the_trainer_sets_up_every_attribute_in_init(fake_model, tmp_path):
+    """The loop's state is one dataclass and every attribute exists from __init__ on."""
+    from tempstop.config import ProjectConfig
+    from tempstop.training.state import LoopState
+    from tempstop.training.trainer import UnifiedModelTrainer
+
+    store = write_store(tmp_path / "data", videos=8)
+    cfg = ProjectConfig().with_overrides({
+        "training.train_data_path": str(store), "training.val_data_path": str(store), "training.num_epochs": 1,
+        "training.batch_size": 4, "training.checkpoint_dir": str(tmp_path / "ck"), "tracking.enabled": False})  # fmt: skip
+    trainer = UnifiedModelTrainer(cfg, progress=False)
+    before = set(vars(trainer))
+    trainer.train()
+    assert set(vars(trainer)) == before
+    assert isinstance(trainer.state, LoopState) and trainer.state.epoch == 1 and trainer.state.step == 2
+
+
+def test_train_phase_trains_its_phases_with_tags_as_arguments(fake_model, tmp_path, monkeypatch):
+    """The DVC stage calls run_training in this process: its phases, its tags, no argv rebuilt."""
+    from tempstop_pipelines import training
+
+    seen = {}
+    real = training.run_training
+
+    def spy(cfg, **kw):
+        seen.update(kw, cfg=cfg)
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(training, "run_training", spy)
+    store = write_store(tmp_path / "frames", videos=8)
+    (tmp_path / "frames" / "train").symlink_to(store)
+    (tmp_path / "frames" / "val").symlink_to(store)
+    args = ["--set", "training.mode=sequential", "--set", "training.num_epochs=4", "--set", "training.batch_size=4",
+            "--set", "tracking.enabled=false", "--no-progress"]  # fmt: skip
+    assert cli(["train-phase", "tempme", "--frames", str(tmp_path / "frames"), "--out", str(tmp_path / "t"), *args]) == 0
+    assert cli(["train-phase", "stop", "--frames", str(tmp_path / "frames"), "--init", str(tmp_path / "t"),
+                "--out", str(tmp_path / "s"), *args, "--tag", "pipeline_run=r1"]) == 0  # fmt: skip
+    assert seen["tags"] == {"pipeline_run": "r1", "stage": "train_stop", "phase": "stop"}
+    assert [(p.mode, p.start, p.end) for p in seen["phases"]] == [("stop_only", 2, 4)]
+    assert seen["init_from"] == str(tmp_path / "t" / "best_model.pth")
+    assert seen["cfg"].training.mode == "sequential" and seen["cfg"].training.checkpoint_dir == str(tmp_path / "s")
+    history = json.loads((tmp_path / "s" / "history.json").read_text())
+    assert [(r["epoch"], r["phase"]) for r in history] == [(3, "stop_only"), (4, "stop_only")]  # epochs run on
+    phase = json.loads((tmp_path / "s" / "phase.json").read_text())
+    assert (phase["action"], phase["train_mode"], phase["epochs"]) == ("train", "stop_only", 2)

@@ -35,8 +35,9 @@ def _cfg(store, out, **training):
         "training.batch_size": 4,
         "training.num_epochs": 2,
         "training.save_every": 1,
-        "training.keep_quadruples": True,
-        "training.datatype": "demo",
+        "demo_recipe.keep_quadruples": True,
+        "data.datatype": "demo",
+        "tracking.enabled": False,
     }
     over.update({f"training.{k}": v for k, v in training.items()})
     return UnifiedModelConfig().with_overrides(over)
@@ -52,8 +53,7 @@ def test_outputs_and_history(fake_model, store, tmp_path):
         "checkpoint_epoch_2.pth",
         "config.json",
         "history.json",
-        "logs",
-    ]
+    ]  # TensorBoard logs/ come from the CLI's callback (tests/training/test_stages_fake.py)
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
     for key in (
@@ -78,7 +78,6 @@ def test_outputs_and_history(fake_model, store, tmp_path):
     best = torch.load(out / "best_model.pth", weights_only=True)
     assert "optimizer" not in best and best["metrics"]["val_t2v_R1"] == summary["best_metric"]
     assert json.loads((out / "config.json").read_text())["training"]["num_epochs"] == 2
-    assert list((out / "logs").iterdir())  # TensorBoard event file
 
 
 def test_checks_at_start(fake_model, store, tmp_path):
@@ -88,8 +87,10 @@ def test_checks_at_start(fake_model, store, tmp_path):
         UnifiedModelTrainer(_cfg(tmp_path / "nowhere", tmp_path / "b"), progress=False).train()
     (tmp_path / "root" / "train").mkdir(parents=True)
     (tmp_path / "root" / "train" / "annotations.json").write_text("[]")
-    with pytest.raises(TrainingError, match="dataset root"):
-        UnifiedModelTrainer(_cfg(tmp_path / "root", tmp_path / "c"), progress=False).train()
+    with pytest.raises(TrainingError, match="raw split folder, not a frame store: extract it first"):
+        UnifiedModelTrainer(_cfg(tmp_path / "root" / "train", tmp_path / "c"), progress=False).train()
+    with pytest.raises(TrainingError, match=r"not a frame store \(no index.json\) \(it holds stores: .*store"):
+        UnifiedModelTrainer(_cfg(store.parent, tmp_path / "c"), progress=False).train()
     with pytest.raises(TrainingError, match="accumulation"):
         UnifiedModelTrainer(
             _cfg(store, tmp_path / "d", gradient_accumulation_steps=9), progress=False

@@ -2,7 +2,8 @@
 
 - resume: 4 epochs straight == 2 epochs, stop, resume for 2 (bit-identical weights);
 - DDP: 2 CPU processes (gloo, launched by torchrun) == 1 process on the same global batch;
-- raw split folders are extracted into the frame cache on first use.
+- the user's guide's custom loss (a subclass overriding compute_training_loss) is what trains;
+- raw split folders are extracted into the frame cache on first use (by the CLI).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import yaml
 
 from tempstop.config import UnifiedModelConfig
-from tempstop.model import create_unified_model
+from tempstop.model import UnifiedTempMeSTOPModel, create_unified_model
 from tempstop.training.checkpoint import load_checkpoint
 from tempstop.training.trainer import UnifiedModelTrainer
 from tempstop.utils import seed_everything
@@ -29,26 +30,38 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)
 
 
-def tiny_config(demo_root: Path, cache: Path, out: Path, **training) -> UnifiedModelConfig:
-    """Tiny model, 4 frames of 32 px, no dropout, tracking off: seconds per epoch on CPU."""
+@pytest.fixture(scope="module")
+def tiny_stores(tiny_demo_root, tmp_path_factory):
+    """Frame stores (4 frames of 64 px) of the tiny demo's splits: what the trainer reads."""
+    from tempstop.config import ExtractConfig
+    from tempstop.data.extract import extract_split
+
+    root = tmp_path_factory.mktemp("stores")
+    for split in ("train", "val", "test"):
+        extract_split(tiny_demo_root / split, root / split, ExtractConfig(size=64, workers=1), 4, progress=False)
+    return root
+
+
+def tiny_config(stores: Path, cache: Path, out: Path, recipe: dict | None = None, **training) -> UnifiedModelConfig:
+    """Tiny model, 4 frames of 64 px, no dropout, tracking off: seconds per epoch on CPU."""
     raw = {
-        "extract": {"frames": 4, "size": 64, "workers": 1},
+        "data": {"datatype": "demo", "frames_cache": str(cache)},
+        "extract": {"size": 64, "workers": 1},
+        "demo_recipe": {"keep_quadruples": True, **(recipe or {})},
         "model": {
             "backbone": "tempstop-tiny",
+            "frames": 4,
             "tempme": {"imgme_layers": [0, 1, 2], "clipme_layers": [3, 4], "clipme_k": [2, 2]},
             "stop": {"layers": 2, "dropout": 0.0},
         },
         "training": {
-            "train_data_path": str(demo_root / "train"),
-            "val_data_path": str(demo_root / "val"),
-            "frames_cache": str(cache),
+            "train_data_path": str(stores / "train"),
+            "val_data_path": str(stores / "val"),
             "checkpoint_dir": str(out),
-            "datatype": "demo",
             "batch_size": 4,
             "eval_batch_size": 8,
             "num_epochs": 2,
             "save_every": 1,
-            "keep_quadruples": True,
             "tempme_lr": 1e-3,
             "stop_lr": 1e-3,
             "backbone_lr": 1e-4,
@@ -85,7 +98,7 @@ def _same_weights(a: dict, b: dict, atol: float = 0.0) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("mode", "extra"),
+    ("mode", "recipe"),
     [
         ("joint", {}),
         ("sequential", {}),
@@ -93,13 +106,13 @@ def _same_weights(a: dict, b: dict, atol: float = 0.0) -> list[str]:
         ("joint", {"hard_batches": 0.5, "hard_batch_source": "model", "keep_quadruples": True}),
     ],
 )
-def test_resume_gives_bit_identical_weights(tiny_demo_root, tmp_path, mode, extra):
+def test_resume_gives_bit_identical_weights(tiny_stores, tmp_path, mode, recipe):
     cache = tmp_path / "cache"
     straight = UnifiedModelTrainer(
-        tiny_config(tiny_demo_root, cache, tmp_path / "a", num_epochs=4, mode=mode, **extra), progress=False
+        tiny_config(tiny_stores, cache, tmp_path / "a", recipe, num_epochs=4, mode=mode), progress=False
     )
     straight.train()
-    cfg_b = tiny_config(tiny_demo_root, cache, tmp_path / "b", num_epochs=4, mode=mode, **extra)
+    cfg_b = tiny_config(tiny_stores, cache, tmp_path / "b", recipe, num_epochs=4, mode=mode)
     with pytest.raises(_Stop):
         UnifiedModelTrainer(cfg_b, callbacks=[_StopAfter(2)], progress=False).train()
     resumed = UnifiedModelTrainer(cfg_b, resume=tmp_path / "b" / "checkpoint_epoch_2.pth", progress=False)
@@ -120,7 +133,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one_process(tiny_demo_root, tmp_path):
+def test_ddp_two_processes_match_one_process(tiny_stores, tmp_path):
     """Two gloo processes under torchrun (batch 4 each) end where one process (batch 8) does.
 
     Two epochs of one step each. Adam turns float noise in near-zero gradients into lr-sized
@@ -129,10 +142,10 @@ def test_ddp_two_processes_match_one_process(tiny_demo_root, tmp_path):
     """
     cache = tmp_path / "cache"
     lrs = {"tempme_lr": 1e-4, "stop_lr": 1e-4, "backbone_lr": 1e-4, "num_epochs": 2, "save_every": 2}
-    single_cfg = tiny_config(tiny_demo_root, cache, tmp_path / "single", batch_size=8, **lrs)
+    single_cfg = tiny_config(tiny_stores, cache, tmp_path / "single", batch_size=8, **lrs)
     single = UnifiedModelTrainer(single_cfg, device="cpu", progress=False)
     single.train()
-    ddp_cfg = tiny_config(tiny_demo_root, cache, tmp_path / "ddp", batch_size=4, **lrs)
+    ddp_cfg = tiny_config(tiny_stores, cache, tmp_path / "ddp", batch_size=4, **lrs)
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump(ddp_cfg.to_dict()))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -145,7 +158,7 @@ def test_ddp_two_processes_match_one_process(tiny_demo_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp = load_checkpoint(tmp_path / "ddp" / "checkpoint_epoch_2.pth")
     mine = single.model.state_dict()
-    assert ddp["step"] == single.step == 2
+    assert ddp["step"] == single.state.step == 2
     assert _same_weights(mine, ddp["model"], atol=1e-5) == []
     # The weights moved well beyond the tolerance: the comparison is not between untouched models.
     seed_everything(single_cfg.training.seed)
@@ -161,11 +174,11 @@ def test_ddp_two_processes_match_one_process(tiny_demo_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_index_search_on_a_raw_split(tiny_demo_root, tmp_path, capsys):
+def test_evaluate_index_search_on_a_raw_split(tiny_demo_root, tiny_stores, tmp_path, capsys):
     """A checkpoint of the real model evaluated, indexed and searched on a never-extracted split."""
-    from pipelines.cli import main as cli
+    from tempstop_pipelines.cli import main as cli
 
-    cfg = tiny_config(tiny_demo_root, tmp_path / "cache", tmp_path / "ck", num_epochs=1)
+    cfg = tiny_config(tiny_stores, tmp_path / "cache", tmp_path / "ck", num_epochs=1)
     UnifiedModelTrainer(cfg, progress=False).train()
     best = str(tmp_path / "ck" / "best_model.pth")
     report = tmp_path / "eval.json"
@@ -183,3 +196,57 @@ def test_evaluate_index_search_on_a_raw_split(tiny_demo_root, tmp_path, capsys):
     hits = json.loads(capsys.readouterr().out)["hits"]
     root = Path(json.loads((tmp_path / "idx" / "manifest.json").read_text())["root"])
     assert len(hits) == 3 and hits[0]["path"].endswith(".mp4") and (root / hits[0]["path"]).is_file()
+
+
+class CustomLossModel(UnifiedTempMeSTOPModel):
+    """The user's guide's custom-loss example: the base losses plus a term of its own, here on
+    a parameter that only that term reaches."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.custom_weight = torch.nn.Parameter(torch.ones(()))  # group "backbone": it trains
+
+    def compute_training_loss(self, video_tensor, video_mask, input_ids, attention_mask, token_type_ids=None):
+        loss_dict = super().compute_training_loss(video_tensor, video_mask, input_ids, attention_mask, token_type_ids)
+        loss_dict["custom_loss"] = 10.0 * self.custom_weight**2
+        loss_dict["total_loss"] = loss_dict["total_loss"] + loss_dict["custom_loss"]
+        return loss_dict
+
+
+@pytest.mark.slow
+def test_a_subclass_overriding_compute_training_loss_is_what_trains(tiny_stores, tmp_path, monkeypatch):
+    import tempstop.model
+
+    def create(cfg):
+        return CustomLossModel(cfg.model, cfg.training.tempme_loss_weight, cfg.training.stop_loss_weight)
+
+    monkeypatch.setattr(tempstop.model, "create_unified_model", create)
+    cfg = tiny_config(tiny_stores, tmp_path / "cache", tmp_path / "ck", num_epochs=1, batch_size=8)
+    trainer = UnifiedModelTrainer(cfg, progress=False)
+    trainer.train()
+    # Only the custom term reaches custom_weight (without a gradient, AdamW leaves a parameter
+    # exactly as it is): it moved, so the trainer trained the subclass's loss ...
+    assert float(trainer.model.custom_weight) < 1.0
+    history = json.loads((tmp_path / "ck" / "history.json").read_text())
+    # ... and that loss is what the history reports (the base losses are a few units at most).
+    assert history[0]["train_loss"] > history[0]["tempme_loss"] + history[0]["stop_loss"] + 5.0
+
+
+@pytest.mark.slow
+def test_the_training_stage_launches_torchrun_with_one_run_file(tiny_stores, tmp_path, monkeypatch):
+    """`tempstop train-phase --nproc 2`: two gloo processes started by torchrun, each reading the
+    stage's one TrainingRun file; rank 0 writes the outputs and the stage's record."""
+    from tempstop_pipelines.cli import main as cli
+
+    cfg = tiny_config(tiny_stores, tmp_path / "cache", tmp_path / "unused", num_epochs=1, batch_size=4)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(cfg.to_dict()))
+    out = tmp_path / "out"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on two cores
+    rc = cli(["train-phase", "tempme", "--frames", str(tiny_stores), "--out", str(out), "--nproc", "2",
+              "--params", str(params), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1] and history[0]["step"] == 1  # 8 videos, 2 x 4 per step
+    assert json.loads((out / "phase.json").read_text())["train_mode"] == "joint"
+    assert load_checkpoint(out / "best_model.pth")["config"]["training"]["checkpoint_dir"] == str(out)

@@ -1,4 +1,5 @@
-"""UnifiedModelConfig: defaults, params.yaml, the user's guide format, errors, overrides."""
+"""ProjectConfig (the guide's UnifiedModelConfig): defaults, params.yaml, the user's guide
+format, strict types, earlier key names, errors, overrides."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def check_guide_values(cfg: UnifiedModelConfig) -> None:
     for key, value in GUIDE["training"].items():
         if key == "training_mode":
             assert t.mode == t.training_mode == value
+        elif key == "datatype":  # one key for the dataset type: data.datatype
+            assert cfg.data.datatype == value and not hasattr(t, "datatype")
         else:
             assert getattr(t, key) == value, key
 
@@ -97,7 +100,7 @@ def test_wrong_type_is_named():
         UnifiedModelConfig.from_dict({"validate": {"timeout_s": -1}})
     with pytest.raises(ConfigError, match=r"model\.tempme: .*clipme_k"):
         UnifiedModelConfig.from_dict({"model": {"tempme": {"clipme_layers": [8, 9, 10], "clipme_k": [2, 2]}}})
-    with pytest.raises(ConfigError, match=r"training\.training_mode"):
+    with pytest.raises(ConfigError, match=r"training\.mode: .*'both'"):
         UnifiedModelConfig.from_dict({"training": {"training_mode": "both"}})
 
 
@@ -140,3 +143,73 @@ def test_round_trip_and_file_errors(tmp_path):
         UnifiedModelConfig.from_yaml(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="unknown config format"):
         load_config(tmp_path / "cfg.toml")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("training", "batch_size", "8"),  # a string is not an int
+        ("model", "freeze_text", "yes"),  # nor a bool
+        ("training", "num_epochs", 2.0),  # a float is not an int
+        ("evaluate", "dsl", 1),  # an int is not a bool
+        ("data", "root", 5),  # nor a string
+    ],
+)
+def test_types_are_strict_and_the_error_names_the_key(section, key, value):
+    with pytest.raises(ConfigError, match=rf"<dict>: {section}\.{key}: .*\(got {value!r}\)"):
+        UnifiedModelConfig.from_dict({section: {key: value}})
+
+
+def test_yaml_reads_as_yaml_1_2(tmp_path):
+    # 1e-4 is a number (PyYAML alone reads a string), "yes" is a string (PyYAML: a bool),
+    # so the strict schema takes the first and refuses the second.
+    path = tmp_path / "p.yaml"
+    path.write_text("training: {tempme_lr: 1e-4, stop_lr: 2E-5}\nmodel: {freeze_text: true}\n")
+    cfg = UnifiedModelConfig.from_yaml(path)
+    assert (cfg.training.tempme_lr, cfg.training.stop_lr, cfg.model.freeze_text) == (1e-4, 2e-5, True)
+    path.write_text("model: {freeze_text: yes}\n")
+    with pytest.raises(ConfigError, match=r"model\.freeze_text: .*'yes'"):
+        UnifiedModelConfig.from_yaml(path)
+
+
+def test_earlier_key_names_load_into_their_new_place():
+    old = {
+        "training": {"datatype": "vatex", "keep_quadruples": True, "hard_batches": 0.5,
+                     "hard_batch_source": "words", "logit_scale_lr": 0.02, "frames_cache": "c"},
+        "extract": {"frames": 6},
+    }  # fmt: skip
+    cfg = UnifiedModelConfig.from_dict(old, "old checkpoint")
+    assert cfg.data.datatype == "vatex" and cfg.data.frames_cache == "c" and cfg.model.frames == 6
+    r = cfg.demo_recipe
+    assert (r.keep_quadruples, r.hard_batches, r.hard_batch_source, r.logit_scale_lr) == (
+        True,
+        0.5,
+        "words",
+        0.02,
+    )
+    assert old["training"]["datatype"] == "vatex"  # the input is not modified
+    assert UnifiedModelConfig().with_overrides({"training.datatype": "msrvtt"}).data.datatype == "msrvtt"
+    with pytest.raises(ConfigError, match=r"'training\.datatype' is the earlier name of 'data\.datatype'"):
+        UnifiedModelConfig.from_dict({"training": {"datatype": "vatex"}, "data": {"datatype": "demo"}})
+
+
+def test_params_yaml_states_the_defaults_except_the_demo_blocks():
+    """One set of defaults: params.yaml repeats config.py's defaults (so that DVC tracks every
+    key), except the tiny backbone's model block and the demo's own recipe."""
+    params = UnifiedModelConfig.from_yaml(REPO / "params.yaml").flat()
+    defaults = UnifiedModelConfig().flat()
+    differ = {k for k in defaults if params[k] != defaults[k]}
+    assert differ and all(k.startswith(("model.", "demo_recipe.")) for k in differ), sorted(differ)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(raw["demo_recipe"]) == set(UnifiedModelConfig().demo_recipe.model_fields)
+    assert (
+        UnifiedModelConfig().demo_recipe.hard_batches == 0
+        and not UnifiedModelConfig().demo_recipe.keep_quadruples
+    )
+
+
+def test_data_paths_default_to_the_splits_of_the_data_root():
+    cfg = UnifiedModelConfig().with_overrides({"data.root": "d", "data.train_split": "tr"})
+    assert (cfg.train_data(), cfg.val_data()) == (str(Path("d/tr")), str(Path("d/val")))
+    given = cfg.with_overrides({"training.train_data_path": "x/store"})
+    assert given.train_data() == "x/store"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.stages.gallery import film_strip
-from pipelines.stages.plots import make_plots
 from tempstop.data.store import array_relpath, save_array, write_index
 from tempstop.training.evaluation import gallery_entries
+from tempstop_pipelines.stages.gallery import film_strip
+from tempstop_pipelines.stages.plots import make_plots
 
 
 def _items(n: int) -> list[dict]:
@@ -133,7 +133,7 @@ def _assert_placeholder(path) -> None:
 
 @pytest.mark.parametrize("content", [None, "{not json"])
 def test_plots_command_names_an_unreadable_evaluation_file(tmp_path, capsys, content):
-    from pipelines.cli import main
+    from tempstop_pipelines.cli import main
 
     path = tmp_path / "eval.json"
     if content is not None:

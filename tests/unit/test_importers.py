@@ -256,7 +256,7 @@ def test_missing_annotation_files_are_listed(tmp_path):
 
 
 def test_cli_import_dataset(msrvtt, tmp_path, capsys):
-    from pipelines.cli import main
+    from tempstop_pipelines.cli import main
 
     out = tmp_path / "cli_out"
     argv = ["import-dataset", "--datatype", "msrvtt", "--annotations", str(msrvtt / "ann")]

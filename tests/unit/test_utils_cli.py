@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipelines.cli import STAGE_MODULES, build_parser, main
 from tempstop.utils import atomic_write, atomic_write_json, model_mode
+from tempstop_pipelines.cli import STAGE_MODULES, build_parser, main
 
 
 def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):

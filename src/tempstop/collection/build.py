@@ -176,7 +176,7 @@ def _store_files(store) -> dict[str, str]:
     if not source or not (Path(source) / "annotations.json").is_file():
         return {}
     try:
-        records = read_annotations(Path(source) / "annotations.json")
+        records = read_annotations(Path(source))
     except Exception:  # the split moved on since extraction: videos are then not served
         return {}
     return {r.video_id: r.video for r in records}
@@ -187,7 +187,7 @@ def finish(out: Path, manifest: dict, settings: IndexSettings) -> dict:
     the shards' work folders are removed (everything in them is merged)."""
     from tempstop import vector_index as vi
 
-    manifest["videos"].sort(key=lambda v: (v["path"], v["id"]))
+    manifest["videos"].sort(key=lambda v: (v["path"], v.get("video_id") or "", v["id"]))
     _compact(out, manifest, settings.shard_size)
     shutil.rmtree(out / shards.WORK_DIR, ignore_errors=True)
     referenced = {v["thumbnail"] for v in manifest["videos"]}

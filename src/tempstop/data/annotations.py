@@ -12,7 +12,7 @@ file raises :class:`AnnotationError` naming the file and the item.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tempstop.utils import atomic_write_json
@@ -73,6 +73,10 @@ def read_raw(path: str | Path) -> list:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AnnotationError(f"{path}: malformed JSON: {exc}") from None
+    except RecursionError:  # json gives up on deep nesting with a RecursionError
+        raise AnnotationError(f"{path}: nested too deeply to be an annotation list") from None
+    except OSError as exc:
+        raise AnnotationError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if not isinstance(raw, list):
         raise AnnotationError(f"{path}: top level must be a JSON list, got {type(raw).__name__}")
     return raw
@@ -111,8 +115,3 @@ def read_annotations(split_dir: str | Path) -> list[VideoRecord]:
 def write_annotations(path: str | Path, records: list[VideoRecord]) -> None:
     """Write records as an annotations.json, atomically."""
     atomic_write_json(path, [r.to_json() for r in records])
-
-
-def as_dicts(records: list[VideoRecord]) -> list[dict]:
-    """Records as plain dicts (e.g. for reports)."""
-    return [asdict(r) for r in records]

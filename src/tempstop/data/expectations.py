@@ -127,7 +127,11 @@ def _suite(frame: str, cfg: Any) -> list[tuple[str, str, dict]]:
                 "ExpectColumnValuesToBeInSet",
                 {"column": "captions_type", "value_set": ["list"]},
             ),
-            ("n_captions", "ExpectColumnValuesToBeBetween", {"column": "n_captions", "min_value": 1}),
+            (
+                "n_captions",
+                "ExpectColumnValuesToBeBetween",
+                {"column": "n_captions", "min_value": 1, "max_value": cfg.max_captions},
+            ),
             ("timestamps", "ExpectColumnValuesToBeInSet", {"column": "timestamps_ok", "value_set": [True]}),
         ]
     if frame == "captions":

@@ -43,11 +43,13 @@ from tempstop.data.store import (
 )
 
 if TYPE_CHECKING:  # worker processes import this module: keep pydantic out of their start-up
-    from tempstop.config import ExtractConfig
+    from tempstop.config import ExtractConfig, ValidateConfig
 
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.jsonl"
+#: Annotation problems named in the error that refuses a split (all are in the exception's count).
+MAX_LISTED = 20
 # Imported once by the worker pool's fork server rather than by every worker.
 _WORKER_PRELOAD = ("numpy", "decord", "PIL.Image", "tempstop.data.video")
 
@@ -105,60 +107,24 @@ def extract_video(job: dict) -> dict:
     """Decode, sample, resize and save one video's items (runs in a worker process).
 
     ``job``: ``path`` (video file), ``store`` (store folder), ``frames``, ``size``, ``threads``,
-    ``items`` (``key``, ``segment``). Returns ``{"num_valid": {key: n}}``.
-
-    When the container header gives the frame size, FFmpeg scales while converting to RGB
-    (short side = ``size``) and only a centre crop is left to do; otherwise, or if decord
-    garbles that size, frames are decoded at full size and shrunk with Pillow.
+    ``items`` (``key``, ``segment``). Returns ``{"num_valid": {key: n}}``. Sampling and
+    resizing: :func:`tempstop.data.video.sample_clip`; a clip shorter than ``frames`` is
+    zero-padded.
     """
-    from tempstop.data import video as v
+    from tempstop.data.video import sample_clip
 
     t, s = job["frames"], job["size"]
-    dims = v.decode_dims(v.video_size(job["path"]), s)
-    reader = v.open_reader(job["path"], job.get("threads", 1), dims)
-    n = len(reader)
-    if n == 0:
-        raise v.VideoError(f"{job['path']}: no frames")
-    starts, duration = v.frame_times(reader)
-    picks = [
-        v.sample_indices(starts, t, None if it["segment"] is None else tuple(it["segment"]), duration)
-        for it in job["items"]
-    ]
-    wanted = sorted({i for p in picks for i in p})
-    try:
-        decoded = _decode(reader, wanted, dims, job["path"])  # [K, H, W, 3], each frame once
-    except v.VideoError:
-        if dims is None:
-            raise
-        dims, reader = None, v.open_reader(job["path"], job.get("threads", 1))
-        decoded = _decode(reader, wanted, None, job["path"])
-    # Close the reader now: decord's decoder thread keeps decoding ahead while the reader
-    # lives, burning CPU that the resize (and the other workers) need.
-    del reader
-    small = v.center_crop(decoded, s) if dims else v.resize_center_crop(decoded, s)  # [K, S, S, 3]
-    row = {j: k for k, j in enumerate(wanted)}
+    segments = [None if it["segment"] is None else tuple(it["segment"]) for it in job["items"]]
+    clip = sample_clip(job["path"], t, s, segments, job.get("threads", 1))
     num_valid = {}
-    for item, idx in zip(job["items"], picks, strict=True):
-        rows = [row[j] for j in idx]
-        if len(idx) == t:
-            out = small if rows == list(range(len(small))) else small[rows]
-        else:
-            out = np.zeros((t, s, s, 3), dtype=np.uint8)  # zero padding past num_valid
-            out[: len(idx)] = small[rows]
-        save_array(Path(job["store"]) / array_relpath(item["key"]), out)
-        num_valid[item["key"]] = len(idx)
+    for item, frames in zip(job["items"], clip.frames, strict=True):
+        num_valid[item["key"]] = len(frames)
+        if len(frames) < t:
+            padded = np.zeros((t, s, s, 3), dtype=np.uint8)  # zero padding past num_valid
+            padded[: len(frames)] = frames
+            frames = padded
+        save_array(Path(job["store"]) / array_relpath(item["key"]), frames)
     return {"num_valid": num_valid}
-
-
-def _decode(reader: Any, wanted: list[int], dims: tuple[int, int] | None, path: str) -> np.ndarray:
-    from tempstop.data.video import VideoError, decode
-
-    try:
-        return decode(reader, wanted, dims)
-    except VideoError:
-        raise
-    except Exception as exc:  # decord's errors carry a C++ backtrace: keep the first line
-        raise VideoError(f"{path}: decoding failed: {str(exc).splitlines()[0][:300]}") from None
 
 
 # ---- the journal ----------------------------------------------------------------------
@@ -175,17 +141,17 @@ def _stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _settings(cfg: ExtractConfig) -> dict:
-    return {"frames": cfg.frames, "size": cfg.size, "per_segment": cfg.per_segment}
+def _settings(cfg: ExtractConfig, frames: int) -> dict:
+    return {"frames": frames, "size": cfg.size, "per_segment": cfg.per_segment}
 
 
-def _load_done(store: Path, cfg: ExtractConfig) -> tuple[dict[str, dict], dict[str, int]]:
+def _load_done(store: Path, want: dict) -> tuple[dict[str, dict], dict[str, int]]:
     """What earlier runs finished: journal entries by video id, and ``num_valid`` by key
     from an existing index (trusted only when there is no journal, e.g. a copied store).
 
-    Raises :class:`ExtractError` when the folder holds a store made with other settings.
+    Raises :class:`ExtractError` when the folder holds a store made with other settings
+    (``want``: frames, size, per_segment).
     """
-    want = _settings(cfg)
     indexed: dict[str, int] = {}
     if is_store(store):
         try:
@@ -195,7 +161,7 @@ def _load_done(store: Path, cfg: ExtractConfig) -> tuple[dict[str, dict], dict[s
             index = None
         if index is not None:
             have = {"frames": index["frames"], "size": index["size"]}
-            have["per_segment"] = index.get("per_segment", cfg.per_segment)
+            have["per_segment"] = index.get("per_segment", want["per_segment"])
             if have != want:
                 raise ExtractError(f"{store}: holds a store made with {have}, not {want}; use another --out")
             indexed = {it["key"]: it["num_valid"] for it in index["items"]}
@@ -240,18 +206,25 @@ def extract_split(
     split_dir: str | Path,
     out_dir: str | Path,
     cfg: ExtractConfig,
+    frames: int,
     progress: bool = True,
     *,
     workers: int | None = None,
     datatype: str | None = None,
     annotations: str | Path | None = None,
+    checks: ValidateConfig | None = None,
 ) -> dict:
     """Extract every video of ``split_dir`` into the frame store ``out_dir``; resumable.
 
-    ``workers`` overrides ``cfg.workers`` (0 runs in this process, without timeouts);
-    ``annotations`` reads another annotation file (e.g. a cleaned one written by
-    ``tempstop validate --drop-invalid``) instead of ``<split>/annotations.json``.
-    Returns a summary: ``videos, done, skipped, failed, items, seconds, videos_per_s, store``.
+    ``frames`` per video (``model.frames``). ``workers`` overrides ``cfg.workers`` (0 runs in
+    this process, without timeouts); ``annotations`` reads another annotation file (e.g. a
+    cleaned one written by ``tempstop validate --drop-invalid``) instead of
+    ``<split>/annotations.json``. With ``checks``, the annotations first pass the annotation
+    checks of ``tempstop validate`` (:func:`tempstop.data.validate.check_annotations`): an
+    error refuses the split with :class:`ExtractError` naming every problem.
+    Returns a summary: ``videos, done, skipped, failed, failures, items, seconds,
+    videos_per_s, store``; ``failures`` lists each video that failed (``video_id, file,
+    reason``).
     """
     from tempstop.data.video import VideoError, safe_video_path
     from tempstop.data.workers import map_with_timeout
@@ -259,10 +232,13 @@ def extract_split(
     t0 = time.perf_counter()
     split_dir, store = Path(split_dir), Path(out_dir)
     ann_path = Path(annotations) if annotations else split_paths(split_dir)[0]
+    if checks is not None:
+        _refuse_invalid(split_dir, ann_path, checks)
     records = _read_records(split_dir, ann_path)
     jobs, failed = plan_jobs(records, cfg.per_segment)
+    settings = _settings(cfg, frames)
     store.mkdir(parents=True, exist_ok=True)
-    entries, indexed = _load_done(store, cfg)
+    entries, indexed = _load_done(store, settings)
     remove_stale_temporaries(store)  # from a run that was killed mid-write
 
     todo: list[dict] = []
@@ -280,13 +256,13 @@ def extract_split(
             continue
         # Absolute paths: workers fork from a server that keeps the working folder it started in.
         where = {"path": os.path.abspath(path), "store": os.path.abspath(store)}
-        todo.append(dict(job, **where, stamp=stamp, **_settings(cfg), threads=1))
+        todo.append(dict(job, **where, stamp=stamp, **settings, threads=1))
     skipped = len(records) - len(todo) - len(failed)
 
     n_workers = cfg.workers if workers is None else workers
     n_done = 0
     t_work = time.perf_counter()
-    with _Journal(store / JOURNAL_FILE, _settings(cfg)) as journal:
+    with _Journal(store / JOURNAL_FILE, settings) as journal:
         results = map_with_timeout(
             extract_video, todo, n_workers, cfg.timeout_s, f"extract {split_dir.name}",
             progress=progress, preload=_WORKER_PRELOAD, unit="video",
@@ -310,9 +286,7 @@ def extract_split(
     ]
     index = {
         "version": STORE_VERSION,
-        "frames": cfg.frames,
-        "size": cfg.size,
-        "per_segment": cfg.per_segment,
+        **{k: settings[k] for k in ("frames", "size", "per_segment")},
         "source": str(split_dir.resolve()),
         "annotations_sha1": _sha1(ann_path),
         "datatype": datatype,
@@ -327,10 +301,26 @@ def extract_split(
         "done": n_done,
         "skipped": skipped,
         "failed": len(failed),
+        "failures": failed,
         "items": len(items),
         "seconds": round(seconds, 3),
         "videos_per_s": round(n_done / work_s, 2) if n_done and work_s > 0 else 0.0,
     }
+
+
+def _refuse_invalid(split_dir: Path, ann_path: Path, checks: ValidateConfig) -> None:
+    """Raise :class:`ExtractError` naming every annotation error of the split (the first on
+    the first line, the others below)."""
+    from tempstop.data.validate import check_annotations, format_problem
+
+    errors = [p for p in check_annotations(split_dir, checks, ann_path) if p["severity"] == "error"]
+    if errors:
+        lines = [format_problem(p) for p in errors[:MAX_LISTED]]
+        if len(errors) > MAX_LISTED:
+            lines.append(f"... and {len(errors) - MAX_LISTED} more (tempstop validate lists them all)")
+        raise ExtractError(
+            f"{ann_path}: {len(errors)} annotation error(s), not extracted: " + "\n  ".join(lines)
+        )
 
 
 def _read_records(split_dir: Path, ann_path: Path) -> list[VideoRecord]:
@@ -374,33 +364,39 @@ class _Journal:
 
 # ---- raw split or store ---------------------------------------------------------------
 def ensure_store(
-    path: str | Path, cache_root: str | Path, cfg: ExtractConfig, *, datatype: str | None = None
-) -> Path:
+    path: str | Path,
+    cache_root: str | Path,
+    cfg: ExtractConfig,
+    frames: int,
+    *,
+    datatype: str | None = None,
+    checks: ValidateConfig | None = None,
+    progress: bool = True,
+) -> tuple[Path, dict | None]:
     """A frame store for ``path``: the path itself if it is a store, else an extraction of it.
 
     A raw split folder (holding annotations.json) is extracted into
     ``cache_root/<split>-<hash of its absolute path, frames, size, per_segment>/``; an existing
     cache is reused while the split's annotations are unchanged, and completed otherwise.
+    ``checks`` as in :func:`extract_split`. Returns the store and the extraction summary
+    (``None`` when nothing was extracted).
     """
     path = Path(path)
     if is_store(path):
-        return path
+        return path, None
     ann_path, _ = split_paths(path)
     if not ann_path.is_file():
-        raise FileNotFoundError(
+        raise ExtractError(
             f"{path}: neither a frame store ({INDEX_FILE}) nor a split folder (annotations.json)"
         )
-    digest = hashlib.sha1(f"{path.resolve()}|{cfg.frames}|{cfg.size}|{cfg.per_segment}".encode()).hexdigest()[
-        :12
-    ]
-    cache = Path(cache_root) / f"{path.name}-{digest}"
+    key = f"{path.resolve()}|{frames}|{cfg.size}|{cfg.per_segment}"
+    cache = Path(cache_root) / f"{path.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     if is_store(cache):
         try:
             if read_index(cache).get("annotations_sha1") == _sha1(ann_path):
-                return cache
+                return cache, None
         except StoreError as exc:
             log.warning("rebuilding frame cache: %s", exc)
     log.info("extracting %s into the frame cache %s", path, cache)
-    summary = extract_split(path, cache, cfg, progress=True, datatype=datatype)
-    log.info("frame cache ready: %s", summary)
-    return cache
+    summary = extract_split(path, cache, cfg, frames, progress, datatype=datatype, checks=checks)
+    return cache, summary

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from tempstop.utils import atomic_write_json
+from tempstop.utils import remove_stale_temporaries as remove_stale
 
 INDEX_FILE = "index.json"
 ARRAYS_DIR = "arrays"
@@ -88,12 +89,10 @@ def _write_all(fd: int, *chunks: bytes | memoryview) -> None:
 
 
 def remove_stale_temporaries(store_dir: str | Path) -> int:
-    """Delete temporaries left by a killed writer (``arrays/.*.tmp``); returns how many."""
-    arrays = Path(store_dir) / ARRAYS_DIR
-    stale = list(arrays.glob(".*.tmp")) if arrays.is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
+    """Delete temporaries left by a killed writer (``.*.tmp`` in the store and ``arrays/``);
+    returns how many."""
+    store_dir = Path(store_dir)
+    return len(remove_stale(store_dir)) + len(remove_stale(store_dir / ARRAYS_DIR))
 
 
 def write_index(store_dir: str | Path, index: dict[str, Any]) -> Path:
@@ -115,6 +114,8 @@ def read_index(path: str | Path) -> dict[str, Any]:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"{path}: corrupt frame store index (not valid JSON: {exc})") from None
+    except RecursionError:
+        raise StoreError(f"{path}: corrupt frame store index (nested too deeply)") from None
     validate_index(index, str(path))
     return index
 
@@ -190,9 +191,24 @@ class FrameStore:
     def __repr__(self) -> str:
         return f"FrameStore({str(self.path)!r}, items={len(self)}, frames={self.frames}, size={self.size})"
 
-    def array_path(self, i: int) -> Path:
-        """Absolute path of item ``i``'s array."""
-        return self.path / self.items[i]["file"]
+    def check_arrays(self) -> None:
+        """Raise :class:`StoreError` naming the first item whose array file is missing or
+        shorter than its frames (0 bytes, cut off), and how many are; one ``stat`` per item,
+        so a bad file stops a run at its start rather than in the middle of an epoch."""
+        need = self.frames * self.size * self.size * 3  # uint8 bytes, without the .npy header
+        bad = []
+        for item in self.items:
+            path = self.path / item["file"]
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                bad.append(f"{path}: array of item {item['key']!r} is missing")
+                continue
+            if size <= need:
+                bad.append(f"{path}: array of item {item['key']!r} has {size} bytes, less than its frames")
+        if bad:
+            more = f" ({len(bad)} of {len(self)} arrays are bad)" if len(bad) > 1 else ""
+            raise StoreError(bad[0] + more)
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Frames of item ``i`` as uint8 ``[T, S, S, 3]`` and its validity mask bool ``[T]``."""
@@ -202,8 +218,11 @@ class FrameStore:
             frames = np.load(path, mmap_mode=self._mmap_mode, allow_pickle=False)
         except FileNotFoundError:
             raise StoreError(f"{path}: array of item {item['key']!r} is missing") from None
+        except EOFError:  # np.load of an empty file
+            raise StoreError(f"{path}: array of item {item['key']!r} is empty (0 bytes)") from None
         except (ValueError, OSError) as exc:
-            raise StoreError(f"{path}: array of item {item['key']!r} is unreadable: {exc}") from None
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise StoreError(f"{path}: array of item {item['key']!r} is unreadable: {reason}") from None
         expected = (self.frames, self.size, self.size, 3)
         if frames.shape != expected or frames.dtype != np.uint8:
             raise StoreError(

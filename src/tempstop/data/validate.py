@@ -94,7 +94,9 @@ class ValidationResult:
 
 
 # ---- reasons ----------------------------------------------------------------------------
-def _item_reason(check: str, row: dict, item: Any, first_use: dict[str, int]) -> str | None:
+def _item_reason(
+    check: str, row: dict, item: Any, first_use: dict[str, int], cfg: ValidateConfig
+) -> str | None:
     obj = item if isinstance(item, dict) else {}
     if check == "item_type":
         return f"item is not a JSON object (got {row['item_type']})"
@@ -118,7 +120,10 @@ def _item_reason(check: str, row: dict, item: Any, first_use: dict[str, int]) ->
             return "'captions' is missing"
         return f"'captions' must be a list of strings (got {row['captions_type']})"
     if check == "n_captions":
-        return "'captions' is an empty list"
+        n = int(row["n_captions"])
+        return (
+            "'captions' is an empty list" if n == 0 else f"{n} captions (allowed at most {cfg.max_captions})"
+        )
     if check == "timestamps":
         return "'timestamps' must be null or one [start, end] per caption with 0 <= start < end"
     raise KeyError(check)
@@ -167,25 +172,68 @@ def validate_split(
     """
     split_dir = Path(split_dir)
     ann_path, videos_dir = split_paths(split_dir)
-    result = ValidationResult(split=split_dir.name, annotations=str(ann_path), items=0)
+    result, rows, ids = _check_annotations(split_dir, ann_path, cfg)
+    if rows:
+        _probe_videos(result, rows, ids, result.raw, videos_dir, cfg, probe_fn, progress, _adder(result))
+    _sort(result)
+    return result
 
+
+def check_annotations(
+    split_dir: str | Path, cfg: ValidateConfig, annotations: str | Path | None = None
+) -> list[dict]:
+    """The annotation checks of :func:`validate_split`, without probing videos: the problems
+    of ``annotations`` (default ``<split>/annotations.json``). A missing video file is left
+    out: extraction reports each video it cannot read."""
+    split_dir = Path(split_dir)
+    ann_path = Path(annotations) if annotations else split_paths(split_dir)[0]
+    result, _, _ = _check_annotations(split_dir, ann_path, cfg, skip={"file_exists"})
+    _sort(result)
+    return result.problems
+
+
+def format_problem(p: dict) -> str:
+    """One problem as one line: ``item 3 (video_id v3): caption 0 is empty or blank``."""
+    where = "file" if p["row"] is None else f"item {p['row']}"
+    vid = "" if p["video_id"] is None else f" (video_id {p['video_id']})"
+    return f"{where}{vid}: {p['reason']}"
+
+
+def _adder(result: ValidationResult) -> Callable[..., None]:
     def add(
         row: int | None, vid: Any, file: str, reason: str, check: str, severity: str = "error", **extra: Any
-    ):
+    ) -> None:
         result.problems.append(
             {"split": result.split, "video_id": _json_id(vid), "file": file, "reason": reason,
              "severity": severity, "row": row, "check": check, **extra}
         )  # fmt: skip
 
+    return add
+
+
+def _sort(result: ValidationResult) -> None:
+    result.problems.sort(
+        key=lambda p: (p["row"] if p["row"] is not None else -1, p.get("caption_index") or 0)
+    )
+
+
+def _check_annotations(
+    split_dir: Path, ann_path: Path, cfg: ValidateConfig, skip: set[str] = frozenset()
+) -> tuple[ValidationResult, list[dict], list[Any]]:
+    """Read ``ann_path`` and run the item and caption suites: the result (problems so far),
+    the item rows and each item's reported id (no rows when the file is unusable)."""
+    videos_dir = split_paths(split_dir)[1]
+    result = ValidationResult(split=split_dir.name, annotations=str(ann_path), items=0)
+    add = _adder(result)
     try:
         raw = read_raw(ann_path)
     except AnnotationError as exc:
         add(None, None, str(ann_path), str(exc).removeprefix(f"{ann_path}: "), "annotations_file")
-        return result
+        return result, [], []
     result.raw, result.items = raw, len(raw)
     if not raw:
         add(None, None, str(ann_path), "annotation file holds no items", "annotations_file")
-        return result
+        return result, [], []
 
     rows = ex.item_rows(raw, lambda rel: (videos_dir / rel).is_file())
     first_use: dict[str, int] = {}
@@ -194,8 +242,10 @@ def validate_split(
             first_use.setdefault(r["video_id"], r["row"])
     ids = [_json_id(_raw_id(item)) for item in raw]  # what the report names each item by
     for check, positions in ex.timed_suite("items", rows, cfg, result.timings).items():
+        if check in skip:
+            continue
         for pos in positions:
-            reason = _item_reason(check, rows[pos], raw[pos], first_use)
+            reason = _item_reason(check, rows[pos], raw[pos], first_use, cfg)
             if reason is not None:
                 file = str(videos_dir / rows[pos]["video"]) if check == "file_exists" else str(ann_path)
                 add(pos, ids[pos], file, reason, check)
@@ -206,12 +256,7 @@ def validate_split(
             r = caps[pos]
             add(r["row"], ids[r["row"]], str(ann_path), _caption_reason(check, r, cfg), check,
                 caption_index=r["caption_index"])  # fmt: skip
-
-    _probe_videos(result, rows, ids, raw, videos_dir, cfg, probe_fn, progress, add)
-    result.problems.sort(
-        key=lambda p: (p["row"] if p["row"] is not None else -1, p.get("caption_index") or 0)
-    )
-    return result
+    return result, rows, ids
 
 
 def _raw_id(item: Any) -> Any:

@@ -84,11 +84,6 @@ def frame_times(reader: Any) -> tuple[np.ndarray, float]:
     return starts, clip_duration(starts)
 
 
-def frame_starts(reader: Any) -> np.ndarray:
-    """Start times only (see :func:`frame_times`)."""
-    return frame_times(reader)[0]
-
-
 def clip_duration(starts: np.ndarray) -> float:
     """Duration when only start times are known: the last frame lasts as long as the one before."""
     if len(starts) == 0:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tempstop.utils import atomic_write
+from tempstop.utils import WriteError, atomic_write
 
 FORMAT = "tempstop-checkpoint/1"
 
@@ -69,11 +69,25 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (with ``format`` added) atomically; returns the path."""
+    """Write ``payload`` (with ``format`` added) atomically; returns the path.
+
+    A failed write (a full disk: torch reports ``basic_ios::clear: iostream error`` or
+    ``PytorchStreamWriter failed writing file``) raises :class:`CheckpointError` naming the
+    file; the previous version of the file, if any, is left as it was.
+    """
     path = Path(path)
     payload = {"format": FORMAT, **payload}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    except WriteError as exc:
+        raise CheckpointError(str(exc)) from None
+    except RuntimeError as exc:  # torch's writer (ENOSPC, EFBIG) fails this way
+        raise CheckpointError(f"{path}: cannot write ({_first_line(exc)}); is the disk full?") from None
     return path
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -84,7 +98,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / foreign files
-        raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint: {_first_line(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a TempMe-STOP checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else None!r}, "
@@ -96,11 +110,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def checkpoint_config(ckpt: dict[str, Any]):
-    """The :class:`~tempstop.config.UnifiedModelConfig` stored in a checkpoint."""
-    from tempstop.config import UnifiedModelConfig
+def checkpoint_config(ckpt: dict[str, Any], source: str = "checkpoint"):
+    """The :class:`~tempstop.config.ProjectConfig` stored in a checkpoint; a config that does
+    not validate is a :class:`CheckpointError` naming ``source`` and the key."""
+    from tempstop.config import ConfigError, ProjectConfig
 
-    return UnifiedModelConfig.from_dict(ckpt["config"], "checkpoint config")
+    try:
+        return ProjectConfig.from_dict(ckpt["config"], f"{source}: config")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc).splitlines()[0]) from None
 
 
 def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -130,14 +148,21 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Build the model a checkpoint describes and load its weights: ``(model, cfg, ckpt)``.
 
-    The model is in eval mode on ``device``; ``ckpt`` is the checkpoint dict as loaded (on
-    CPU), for its ``metrics``, ``epoch`` and so on.
+    Every weight comes from the checkpoint's state dict: its ``model.pretrained`` is ignored
+    (set to None in the returned ``cfg`` too), so a checkpoint can never make the loader open
+    a file (a TorchScript backbone runs code when loaded) or download anything. The model is
+    in eval mode on ``device``; ``ckpt`` is the checkpoint dict as loaded (on CPU), for its
+    ``metrics``, ``epoch`` and so on.
     """
     from tempstop.model import create_unified_model
 
     ckpt = load_checkpoint(path)
-    cfg = checkpoint_config(ckpt)
-    model = create_unified_model(cfg)
+    cfg = checkpoint_config(ckpt, str(path))
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": None})})
+    try:
+        model = create_unified_model(cfg)
+    except ValueError as exc:  # e.g. a backbone this open_clip does not know
+        raise CheckpointError(f"{path}: cannot build its model: {_first_line(exc)}") from None
     load_model_weights(model, ckpt["model"], str(path))
     model.to(device).eval()
     return model, cfg, ckpt
@@ -145,7 +170,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
 
 def check_same_model(ckpt: dict[str, Any], cfg, source: str) -> None:
     """Resuming needs the same model config; name the keys that differ."""
-    saved = ckpt["config"].get("model", {})
+    saved = checkpoint_config(ckpt, source).to_dict()["model"]
     current = cfg.to_dict()["model"]
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:

@@ -126,7 +126,7 @@ def group_ids(store) -> list | None:
                 by_id = {
                     r["video_id"]: r["quadruple"] for r in raw if isinstance(r, dict) and "quadruple" in r
                 }
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, RecursionError):
                 by_id = {}
             if by_id and all(it["video_id"] in by_id for it in items):
                 return [by_id[it["video_id"]] for it in items]
@@ -140,5 +140,5 @@ def _store_source(store) -> str | None:
     index = Path(path) / "index.json"
     try:
         return json.loads(index.read_text(encoding="utf-8")).get("source")
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError, AttributeError):
         return None

@@ -1,4 +1,4 @@
-"""Hard-negative batch composition from caption similarity (``training.hard_batches``).
+"""Hard-negative batch composition from caption similarity (``demo_recipe.hard_batches``).
 
 A contrastive loss only learns the distinctions its batch asks for. Keeping the demo's
 quadruples together asks for time; but two quadruples whose objects share their colours and
@@ -8,7 +8,7 @@ captions are most similar to a randomly drawn anchor group: they differ in few w
 exactly what the model must learn to tell apart. The rest of the batch stays random, so
 coarse distinctions are still trained.
 
-Similarity (``training.hard_batch_source``) is the cosine of either
+Similarity (``demo_recipe.hard_batch_source``) is the cosine of either
 - ``model``: the mean of the model's own text embeddings of each group's captions, recomputed
   at every epoch start (:func:`model_group_vectors`). Captions the model finds alike are the
   distinctions it has not learned: on the demo, 55-70 % of each group's 3 nearest groups share

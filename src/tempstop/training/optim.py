@@ -3,7 +3,7 @@
 - One learning rate per module group (``tempme``, ``stop``, ``backbone``), each split into a
   decayed and a non-decayed half: biases, norms and positional / class embeddings get no
   weight decay (decaying them only pulls them towards zero for no gain). CLIP's temperature
-  ``logit_scale`` is a group of its own (no decay, ``training.logit_scale_lr``).
+  ``logit_scale`` is a group of its own (no decay, ``demo_recipe.logit_scale_lr``).
 - AdamW (torch) or :class:`BertAdam`.
 - Schedules: linear warmup, then cosine, linear or constant. With BertAdam the schedule
   follows pytorch-pretrained-bert's ``warmup_*`` functions instead (see :func:`bert_schedule`).
@@ -104,22 +104,23 @@ class BertAdam(torch.optim.Optimizer):
         return loss
 
 
-def build_param_groups(model: nn.Module, cfg) -> list[dict]:
+def build_param_groups(model: nn.Module, cfg, logit_scale_lr: float | None = None) -> list[dict]:
     """Optimiser parameter groups: (module group x decay) with the group's learning rate.
 
     ``model.param_groups()`` assigns every parameter to one of tempme / stop / backbone.
     All parameters go into the optimiser, frozen or not: a frozen parameter has no gradient
     and optimisers skip it (its value stays bit-identical), and the optimiser's layout stays
-    the same in every training mode, which keeps checkpoints interchangeable.
+    the same in every training mode, which keeps checkpoints interchangeable. ``cfg`` is the
+    training section; ``logit_scale_lr`` (None: ``backbone_lr``) the temperature's.
     """
     groups = model.param_groups()
     names = {id(p): n for n, p in model.named_parameters()}
     lrs = {"tempme": cfg.tempme_lr, "stop": cfg.stop_lr, "backbone": cfg.backbone_lr}
     out = []
-    # The temperature gets its own group (and learning rate, training.logit_scale_lr).
+    # The temperature gets its own group (and learning rate, demo_recipe.logit_scale_lr).
     scale = [p for p in groups.get("backbone", []) if names.get(id(p), "").endswith("logit_scale")]
     if scale:
-        lr = cfg.backbone_lr if cfg.logit_scale_lr is None else cfg.logit_scale_lr
+        lr = cfg.backbone_lr if logit_scale_lr is None else logit_scale_lr
         out.append({"params": scale, "lr": lr, "weight_decay": 0.0, "name": "logit_scale"})
     for group in GROUP_NAMES:
         params = [p for p in groups.get(group, []) if not any(p is q for q in scale)]
@@ -137,12 +138,12 @@ def build_param_groups(model: nn.Module, cfg) -> list[dict]:
     return out
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg, logit_scale_lr: float | None = None) -> torch.optim.Optimizer:
     """AdamW or BertAdam over :func:`build_param_groups` (``cfg`` is the training section).
 
     AdamW uses CLIP's betas (0.9, 0.98) and eps 1e-6, as CLIP4Clip-style fine-tuning does.
     """
-    groups = build_param_groups(model, cfg)
+    groups = build_param_groups(model, cfg, logit_scale_lr)
     if cfg.optimizer == "BertAdam":
         return BertAdam(groups, lr=cfg.tempme_lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(

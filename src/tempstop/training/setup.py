@@ -1,4 +1,5 @@
-"""Trainer set-up pieces: opening and checking data, mixed precision, the DDP-wrapped loss.
+"""Trainer set-up pieces: opening and checking data, the model, mixed precision, the step
+that DDP wraps.
 
 Kept apart from the loop in :mod:`tempstop.training.trainer` so the loop reads as a loop.
 Every check here runs before the first training step: a run should not fail after an hour
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from tempstop.data.transforms import frames_to_tensor
-from tempstop.training.distributed import DistInfo, barrier
+from tempstop.training.distributed import DistInfo
 from tempstop.training.evaluation import autocast
 from tempstop.utils import model_mode
 
@@ -26,38 +27,68 @@ class TrainingError(RuntimeError):
     """Training cannot start or cannot go on; the message says what to change."""
 
 
-def open_store(key: str, path: str | Path, cfg, info: DistInfo):
-    """A :class:`FrameStore` for ``path``: a store as is, a raw split folder extracted into
-    ``training.frames_cache`` first (by the main process; the others wait and reuse it)."""
-    from tempstop.data.extract import ensure_store
-    from tempstop.data.store import FrameStore, is_store
+def open_store(key: str, path: str | Path):
+    """The :class:`FrameStore` at ``path`` (``key`` names the setting in errors).
+
+    The trainer reads frame stores only; a raw split folder is extracted at the edge
+    (``tempstop train``, or ``tempstop extract`` beforehand).
+    """
+    from tempstop.data.store import FrameStore, StoreError, is_store
 
     path = Path(path)
     if not path.exists():
         raise TrainingError(f"{key}: {path} does not exist")
-    if not is_store(path) and not (path / "annotations.json").is_file():
-        hint = ""
-        splits = (
-            [p.name for p in sorted(path.iterdir()) if (p / "annotations.json").is_file()]
-            if path.is_dir()
-            else []
-        )
-        if splits:
-            hint = f" (it looks like a dataset root: use one of its splits, e.g. {path / splits[0]})"
-        raise TrainingError(f"{key}: {path} is neither a frame store (index.json) nor a split folder{hint}")
-    datatype = cfg.training.datatype
-    if is_store(path):
-        store_path = path
-    else:
-        if info.is_main:
-            store_path = ensure_store(path, cfg.training.frames_cache, cfg.extract, datatype=datatype)
-        barrier()
-        if not info.is_main:
-            store_path = ensure_store(path, cfg.training.frames_cache, cfg.extract, datatype=datatype)
-    store = FrameStore(store_path)
+    if not is_store(path):
+        if (path / "annotations.json").is_file():
+            raise TrainingError(
+                f"{key}: {path} is a raw split folder, not a frame store: extract it first "
+                "(tempstop extract), or train with `tempstop train`, which does"
+            )
+        splits = [p.name for p in sorted(path.iterdir()) if is_store(p)] if path.is_dir() else []
+        hint = f" (it holds stores: use one of them, e.g. {path / splits[0]})" if splits else ""
+        raise TrainingError(f"{key}: {path} is not a frame store (no index.json){hint}")
+    try:
+        store = FrameStore(path)
+        store.check_arrays()
+    except StoreError as exc:
+        raise TrainingError(f"{key}: {exc}") from None
     if len(store) == 0:
-        raise TrainingError(f"{key}: the frame store {store_path} holds no videos (all failed to extract?)")
+        raise TrainingError(f"{key}: the frame store {path} holds no videos (all failed to extract?)")
     return store
+
+
+def build_model(cfg):
+    """The model of ``cfg`` (``create_unified_model``); a config the model refuses (an unknown
+    backbone, a schedule that does not fit it) is a :class:`TrainingError` naming the key."""
+    from tempstop import model as model_module
+
+    try:
+        return model_module.create_unified_model(cfg)
+    except ValueError as exc:
+        raise TrainingError(str(exc).strip().splitlines()[0]) from None
+
+
+def make_sampler(store, tcfg, recipe, info: DistInfo):
+    """The training batch sampler: batches of ``training.batch_size`` per rank, with the demo
+    recipe's quadruples and hard batches when it asks for them."""
+    from tempstop.training.dataset import group_ids
+    from tempstop.training.sampler import GroupedBatchSampler
+
+    items = store.items
+    groups = group_ids(store) if recipe.keep_quadruples else None
+    if recipe.keep_quadruples and groups is None:
+        log.warning("demo_recipe.keep_quadruples: the training data has no quadruple ids; shuffling videos")
+    words = recipe.hard_batches > 0 and recipe.hard_batch_source == "words"
+    return GroupedBatchSampler(
+        groups,
+        [len(it["captions"]) for it in items],
+        tcfg.batch_size,
+        seed=tcfg.seed,
+        num_replicas=info.world_size,
+        rank=info.rank,
+        texts=[" ".join(it["captions"]) for it in items] if words else None,
+        hard_fraction=recipe.hard_batches,
+    )
 
 
 def model_input(model) -> tuple[int | None, int | None]:
@@ -89,7 +120,7 @@ def check_stores(model, train_store, val_store, tcfg, info: DistInfo) -> None:
         if frames is not None and store.frames != frames:
             raise TrainingError(
                 f"{name} frame store {store.path} holds {store.frames} frames per video but the model takes "
-                f"{frames}; re-extract with extract.frames={frames}"
+                f"{frames} (model.frames); re-extract it"
             )
     if (train_store.frames, train_store.size) != (val_store.frames, val_store.size):
         raise TrainingError(
@@ -118,48 +149,35 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, boo
     return torch.bfloat16, False
 
 
-class LossForward(nn.Module):
-    """``forward()`` = the model's training loss, so that DDP can wrap it.
+class TrainingStep(nn.Module):
+    """``forward()`` = ``model.compute_training_loss(...)``: what the trainer trains.
 
-    DDP hooks into ``forward``; the model's loss lives in ``compute_training_loss``. This
-    wrapper adds ``loss_for_backward``: the total loss times ``grad_scale`` (see
-    :func:`ddp_grad_scale`), which makes DDP's averaged gradient equal to the single-process
-    gradient of the same global batch; tests/training/test_trainer_real.py proves it.
+    DDP hooks into a module's ``forward``; the model's ``forward`` returns embeddings and its
+    training loss is ``compute_training_loss``, so this wrapper is what DDP wraps. A subclass
+    of the model that overrides ``compute_training_loss`` (the user's guide's custom loss) is
+    trained with its own terms.
+
+    No gradient factor is needed under DDP: ``tempstop.losses`` gathers features *with*
+    gradient and each rank's loss is the mean over its own rows of the global-batch InfoNCE,
+    so the gradients summed over ranks are ``world_size`` times the single-process gradient of
+    the global batch and DDP's average divides by ``world_size``
+    (tests/training/test_ddp_gradients.py).
     """
 
-    def __init__(self, model: nn.Module, grad_scale: float = 1.0) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.grad_scale = grad_scale
 
     def forward(self, video, video_mask, input_ids, attention_mask) -> dict:
-        out = dict(self.model.compute_training_loss(video, video_mask, input_ids, attention_mask))
-        out["loss_for_backward"] = out["total_loss"] * self.grad_scale
-        return out
+        return self.model.compute_training_loss(video, video_mask, input_ids, attention_mask)
 
 
-def ddp_grad_scale(world_size: int) -> float:
-    """Factor on each rank's loss so that DDP's averaged gradient is the global-batch gradient.
+class StepRunner:
+    """Calls a :class:`TrainingStep`, through DDP when distributed; ``sync_context`` for
+    gradient accumulation."""
 
-    ``tempstop.losses`` gathers features *with* gradient and each rank's loss is the mean over
-    its own rows of the global-batch InfoNCE, ``L_r``. Then ``sum_r L_r = world_size * L``
-    (``L`` the single-process loss of the global batch); the gather's backward sends every
-    rank's share of the gradient back to the rank that owns the features, so the gradients
-    summed over ranks are ``world_size * dL/dtheta``, for ``logit_scale`` as for every other
-    parameter, and DDP's average divides by ``world_size``: the factor is 1.
-
-    (With a gather *without* gradient a single factor cannot be right: the features would need
-    ``world_size`` and ``logit_scale`` 1. The DDP test would catch a change to that.)
-    """
-    del world_size
-    return 1.0
-
-
-class Runner:
-    """Calls the loss module, through DDP when distributed; ``sync_context`` for accumulation."""
-
-    def __init__(self, module: nn.Module, info: DistInfo) -> None:
-        self.module = module
+    def __init__(self, step: nn.Module, info: DistInfo) -> None:
+        self.step = step
         self.ddp = None
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -168,10 +186,10 @@ class Runner:
             # Frozen groups are skipped (DDP registers only parameters that require grad at
             # construction, so the trainer wraps again per phase); some prompts may be unused
             # in a step (inactive temporal prompts), hence find_unused_parameters.
-            self.ddp = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+            self.ddp = DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True)
 
     def __call__(self, *args):
-        return (self.ddp or self.module)(*args)
+        return (self.ddp or self.step)(*args)
 
     def sync_context(self, sync: bool):
         """Skip the gradient all-reduce on accumulation micro-steps that do not step."""
@@ -180,20 +198,13 @@ class Runner:
         return contextlib.nullcontext()
 
 
-def wrap_ddp(module: nn.Module, info: DistInfo) -> Runner:
-    """A :class:`Runner` over ``module`` (DDP when ``info.distributed``)."""
-    return Runner(module, info)
-
-
 @torch.no_grad()
 def preflight(model: nn.Module, val_store, device: torch.device, amp_dtype: torch.dtype | None) -> None:
     """Embed one validation video and caption now: a mistake in the evaluation path should
     show in seconds, not after the first epoch."""
     item = val_store.items[0]
     if not item["captions"]:
-        raise TrainingError(
-            f"training.val_data_path: {val_store.path}: video {item['video_id']} has no caption"
-        )
+        raise TrainingError(f"validation store {val_store.path}: video {item['video_id']} has no caption")
     frames, mask = val_store.load(0)
     video = frames_to_tensor(torch.from_numpy(frames)[None].to(device))  # [1, T, 3, S, S]
     with model_mode(model), autocast(device, amp_dtype):

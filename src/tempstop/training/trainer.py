@@ -3,10 +3,11 @@
 Read it top to bottom: ``train()`` sets everything up (and checks it: data, sizes, batch
 size, resume file) before the first step, then runs one or two *phases* (``sequential`` =
 TempMe phase, then STOP phase from its result), each a loop of epochs; an epoch is a loop of
-optimiser steps followed by validation, history, TensorBoard and checkpoints.
+optimiser steps followed by validation, history and checkpoints. Where the run stands is one
+:class:`~tempstop.training.state.LoopState`.
 
 Library code: no CLI, no tracking. ``train()`` returns a summary dict; callbacks
-(``on_epoch_end(epoch, metrics)``, ``on_train_end(summary)``) let the caller log elsewhere.
+(:mod:`tempstop.training.callbacks`) let the caller log elsewhere (MLflow, TensorBoard).
 """
 
 from __future__ import annotations
@@ -15,81 +16,67 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tempstop.config import UnifiedModelConfig
+from tempstop.config import MODEL_MODES, ProjectConfig
 from tempstop.data.transforms import frames_to_tensor
 from tempstop.training import checkpoint as ckpt_io
 from tempstop.training import outputs
-from tempstop.training.dataset import ClipCaptionDataset, collate, group_ids
+from tempstop.training.callbacks import notify
+from tempstop.training.dataset import ClipCaptionDataset, collate
 from tempstop.training.distributed import DistInfo, all_reduce_sum, any_true, init_distributed
 from tempstop.training.evaluation import autocast, evaluate_store
 from tempstop.training.hard_batches import model_group_vectors
 from tempstop.training.optim import build_optimizer, build_scheduler, group_lrs
 from tempstop.training.sampler import GroupedBatchSampler
 from tempstop.training.setup import (
-    LossForward,
+    StepRunner,
     TrainingError,
+    TrainingStep,
+    build_model,
     check_stores,
-    ddp_grad_scale,
+    make_sampler,
     open_store,
     preflight,
     resolve_amp,
-    wrap_ddp,
 )
-from tempstop.utils import seed_everything
+from tempstop.training.state import LoopState, Phase, check_phases, plan_phases
+from tempstop.training.validation import validation_metrics
+from tempstop.utils import atomic_write_json, remove_stale_temporaries, seed_everything
 
 log = logging.getLogger(__name__)
 
-METRIC_KEYS = ("R1", "R5", "R10", "MdR", "MnR")
-
-
-@dataclass(frozen=True)
-class Phase:
-    """A stretch of epochs ``[start, end)`` trained in one model training mode."""
-
-    mode: str
-    start: int
-    end: int
-
-
-def plan_phases(mode: str, num_epochs: int, split: float) -> list[Phase]:
-    """``sequential`` -> TempMe for ``round(split * epochs)`` epochs, then STOP; else one phase."""
-    if mode != "sequential":
-        return [Phase(mode, 0, num_epochs)]
-    first = min(max(round(num_epochs * split), 1), num_epochs - 1) if num_epochs > 1 else 1
-    phases = [Phase("tempme_only", 0, first)]
-    if first < num_epochs:
-        phases.append(Phase("stop_only", first, num_epochs))
-    return phases
+__all__ = ["Phase", "UnifiedModelTrainer", "plan_phases"]
 
 
 class UnifiedModelTrainer:
     """Trains a :class:`UnifiedTempMeSTOPModel` as ``config.training`` describes.
 
     Args:
-        config: the whole configuration (model, extract and training sections are used).
-        callbacks: objects with optional ``on_epoch_end(epoch, metrics)`` / ``on_train_end(summary)``;
-            called on the main process only.
+        config: the whole configuration (``model``, ``training``, ``demo_recipe`` and
+            ``data.datatype`` are used); the data paths must be frame stores.
+        callbacks: see :mod:`tempstop.training.callbacks`; called on the main process only.
         resume: a ``checkpoint_epoch_N.pth`` to continue from (full state).
         init_from: a checkpoint whose *weights* initialise the model (chained stages).
         device: ``"cpu"`` / ``"cuda"``; default CUDA when available.
         progress: tqdm bars (main process only).
+        phases: the stretches of epochs to train (default :func:`plan_phases` of the
+            training section); the pipeline's stages each train a part of a sequential run.
     """
 
     def __init__(
         self,
-        config: UnifiedModelConfig,
+        config: ProjectConfig,
         callbacks=(),
         resume: str | Path | None = None,
         init_from: str | Path | None = None,
         device: str | None = None,
         progress: bool = True,
+        phases: list[Phase] | None = None,
     ) -> None:
         self.cfg = config
         self.tcfg = config.training
@@ -97,51 +84,47 @@ class UnifiedModelTrainer:
         self.resume_path = Path(resume) if resume else None
         self.init_from = Path(init_from) if init_from else None
         self.progress = progress
+        t = self.tcfg
+        if phases is None:
+            phases = plan_phases(t.mode, t.num_epochs, t.sequential_split)
+        try:
+            self.phases = check_phases(phases, t.num_epochs, MODEL_MODES)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
         self.info: DistInfo = init_distributed(device)
         self.device = self.info.device
-        self.out_dir = Path(self.tcfg.checkpoint_dir)
+        self.out_dir = Path(t.checkpoint_dir)
+        self.state = LoopState()
+        # Set up by train() (_setup), before the first step:
         self.model = None
+        self.train_store = self.val_store = None
+        self.sampler: GroupedBatchSampler | None = None
+        self.loader: DataLoader | None = None
+        self.steps_per_epoch = 0
+        self.amp_dtype: torch.dtype | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        # Per phase (_run_phase):
+        self.optimizer = self.scheduler = None
+        self.runner: StepRunner | None = None
+        self._resume: dict | None = None  # the resume checkpoint until its first phase starts
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         """Everything that can fail, before the first step: stores, model, resume file, sizes."""
-        from tempstop.model import create_unified_model
-
         t, info = self.tcfg, self.info
-        resume = ckpt_io.load_checkpoint(self.resume_path) if self.resume_path else None
-        if resume is not None:
-            if "optimizer" not in resume:
-                raise TrainingError(
-                    f"{self.resume_path}: holds weights only (no optimiser state); use --init-from"
-                )
-            ckpt_io.check_same_model(resume, self.cfg, str(self.resume_path))
+        resume = self._read_resume()
         seed_everything(t.seed)
-        self.model = create_unified_model(self.cfg).to(self.device)
+        self.model = build_model(self.cfg).to(self.device)
         if info.distributed:  # same init everywhere (DDP also broadcasts), different dropout per rank
             seed_everything(t.seed + info.rank)
-        self.train_store = open_store("training.train_data_path", t.train_data_path, self.cfg, info)
-        self.val_store = open_store("training.val_data_path", t.val_data_path, self.cfg, info)
+        self.train_store = open_store("training.train_data_path", self.cfg.train_data())
+        self.val_store = open_store("training.val_data_path", self.cfg.val_data())
         check_stores(self.model, self.train_store, self.val_store, t, info)
         if self.init_from is not None:
             init = ckpt_io.load_checkpoint(self.init_from)
             ckpt_io.load_model_weights(self.model, init["model"], str(self.init_from))
             log.info("initialised weights from %s", self.init_from)
-
-        groups = group_ids(self.train_store) if t.keep_quadruples else None
-        if t.keep_quadruples and groups is None:
-            log.warning("training.keep_quadruples: the training data has no quadruple ids; shuffling videos")
-        self.sampler = GroupedBatchSampler(
-            groups,
-            [len(it["captions"]) for it in self.train_store.items],
-            t.batch_size,
-            seed=t.seed,
-            num_replicas=info.world_size,
-            rank=info.rank,
-            texts=[" ".join(it["captions"]) for it in self.train_store.items]
-            if t.hard_batches > 0 and t.hard_batch_source == "words"
-            else None,
-            hard_fraction=t.hard_batches,
-        )
+        self.sampler = make_sampler(self.train_store, t, self.cfg.demo_recipe, info)
         self.steps_per_epoch = len(self.sampler) // t.gradient_accumulation_steps
         if self.steps_per_epoch < 1:
             raise TrainingError(
@@ -159,107 +142,118 @@ class UnifiedModelTrainer:
         )
         self.amp_dtype, use_scaler = resolve_amp(t.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.phases = plan_phases(t.mode, t.num_epochs, t.sequential_split)
-        self.epoch, self.step, self.bad_in_row = 0, 0, 0
-        self.best_metric, self.best_epoch, self.history = -math.inf, 0, []
-        self._resume_state = resume
         if resume is not None:
             self._load_resume(resume)
         preflight(self.model, self.val_store, self.device, self.amp_dtype)
         if info.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.cfg.to_json(self.out_dir / "config.json")
+            self._prepare_out_dir(resume)
+
+    def _read_resume(self) -> dict | None:
+        if self.resume_path is None:
+            return None
+        resume = ckpt_io.load_checkpoint(self.resume_path)
+        if "optimizer" not in resume:
+            raise TrainingError(
+                f"{self.resume_path}: holds weights only (no optimiser state); use --init-from"
+            )
+        ckpt_io.check_same_model(resume, self.cfg, str(self.resume_path))
+        return resume
 
     def _load_resume(self, ckpt: dict) -> None:
         ckpt_io.load_model_weights(self.model, ckpt["model"], str(self.resume_path))
-        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
-        self.best_metric = float(ckpt.get("best_metric", -math.inf))
-        self.best_epoch = int(ckpt.get("best_epoch", 0))
-        self.history = [row for row in ckpt.get("history", []) if row["epoch"] <= self.epoch]
+        self.state = LoopState.from_checkpoint(ckpt)
         self.sampler.load_state_dict(ckpt["sampler"])
-        log.info("resuming from %s after epoch %d (step %d)", self.resume_path, self.epoch, self.step)
-        if self.epoch >= self.tcfg.num_epochs:
+        self._resume = ckpt
+        log.info(
+            "resuming from %s after epoch %d (step %d)", self.resume_path, self.state.epoch, self.state.step
+        )
+        if self.state.epoch >= self.phases[-1].end:
             log.warning(
                 "%s is already at epoch %d of %d: nothing to train",
-                self.resume_path,
-                self.epoch,
-                self.tcfg.num_epochs,
-            )
+                self.resume_path, self.state.epoch, self.phases[-1].end,
+            )  # fmt: skip
+
+    def _prepare_out_dir(self, resume: dict | None) -> None:
+        """The output folder: created, cleared of temporaries that a killed run left, the
+        run's config; on resume, best_model.pth as the checkpoint expects it."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temporaries(self.out_dir)
+        if stale:
+            log.info("removed %d temporary file(s) of interrupted writes in %s", len(stale), self.out_dir)
+        self.cfg.to_json(self.out_dir / "config.json")
+        if resume is not None:
+            self.state.best_file_epoch = outputs.restore_best(self.out_dir, resume)
+            # The history as of the checkpoint (a run killed after the checkpoint and before
+            # history.json left it one epoch short; a later run's rows are redone).
+            atomic_write_json(self.out_dir / "history.json", self.state.history)
 
     # ------------------------------------------------------------------ training
     def train(self) -> dict:
-        """Train for ``training.num_epochs`` epochs; returns a summary of the run."""
+        """Train the planned phases (``training.num_epochs`` epochs); returns a summary."""
         t0 = time.perf_counter()
         self._setup()
-        writer = outputs.tensorboard(self.out_dir, self.step) if self.info.is_main else None
-        try:
-            for phase in self.phases:
-                if phase.end > self.epoch:
-                    self._run_phase(phase, writer)
-        finally:
-            if writer is not None:
-                writer.close()
-        summary = outputs.run_summary(
-            self.out_dir, self.history, self.epoch, self.step, self.best_epoch, self.best_metric
-        )
+        self._notify("on_train_begin", self.state)
+        for phase in self.phases:
+            if phase.end > self.state.epoch:
+                self._run_phase(phase)
+        s = self.state
+        if self.info.is_main and s.best_epoch and s.best_file_epoch != s.best_epoch:
+            raise TrainingError(
+                f"{self.out_dir / outputs.BEST} holds epoch {s.best_file_epoch or '(none)'}, but the best "
+                f"validation epoch is {s.best_epoch}, whose weights were lost with the interrupted run"
+            )
+        summary = outputs.run_summary(self.out_dir, s)
         summary["seconds"] = round(time.perf_counter() - t0, 1)
-        if self.info.is_main:
-            for cb in self.callbacks:
-                if hasattr(cb, "on_train_end"):
-                    cb.on_train_end(summary)
+        self._notify("on_train_end", summary)
         return summary
 
-    def _run_phase(self, phase: Phase, writer) -> None:
+    def _notify(self, hook: str, *args) -> None:
+        if self.info.is_main:
+            notify(self.callbacks, hook, *args)
+
+    def _run_phase(self, phase: Phase) -> None:
         t = self.tcfg
         self.model.set_training_mode(phase.mode)
         self.model.zero_grad(set_to_none=True)
-        self.optimizer = build_optimizer(self.model, t)
+        self.optimizer = build_optimizer(self.model, t, self.cfg.demo_recipe.logit_scale_lr)
         self.scheduler = build_scheduler(self.optimizer, t, self.steps_per_epoch, phase.end - phase.start)
-        state = self._resume_state
-        if state is not None and state.get("phase") == phase.mode and state["epoch"] < phase.end:
+        resume = self._resume
+        if resume is not None and resume.get("phase") == phase.mode and resume["epoch"] < phase.end:
             # Mid-phase resume: continue this phase's optimiser and schedule. At a phase
             # boundary the next phase starts fresh, as it would have without the stop.
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-        if state is not None:
-            ckpt_io.restore_rng(state["rng"])
-            self._resume_state = None
-        self.ddp = wrap_ddp(LossForward(self.model, ddp_grad_scale(self.info.world_size)), self.info)
-        for epoch in range(max(phase.start, self.epoch), phase.end):
-            self._run_epoch(epoch, phase, writer)
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.scheduler.load_state_dict(resume["scheduler"])
+            self.scaler.load_state_dict(resume["scaler"])
+        if resume is not None:
+            ckpt_io.restore_rng(resume["rng"])
+            self._resume = None
+        self.runner = StepRunner(TrainingStep(self.model), self.info)
+        for epoch in range(max(phase.start, self.state.epoch), phase.end):
+            self._run_epoch(epoch, phase)
 
-    def _run_epoch(self, epoch: int, phase: Phase, writer) -> None:
+    def _run_epoch(self, epoch: int, phase: Phase) -> None:
         t0 = time.perf_counter()
-        train = self._train_epoch(epoch, phase, writer)
+        train = self._train_epoch(epoch, phase)
         val = self.validate()
-        self.epoch = epoch + 1
-        row = {"epoch": self.epoch, "step": self.step, "phase": phase.mode, **train, **val}
+        s = self.state
+        s.epoch = epoch + 1
+        row = {"epoch": s.epoch, "step": s.step, "phase": phase.mode, **train, **val}
         row.update(group_lrs(self.optimizer))
         row["epoch_seconds"] = round(time.perf_counter() - t0, 3)
-        self.history.append(row)
-        improved = val["val_t2v_R1"] > self.best_metric
+        s.history.append(row)
+        improved = val["val_t2v_R1"] > s.best_metric
         if improved:
-            self.best_metric, self.best_epoch = val["val_t2v_R1"], self.epoch
+            s.best_metric, s.best_epoch = val["val_t2v_R1"], s.epoch
         if self.info.is_main:
             self._save(phase, row, improved)
-            outputs.log_epoch(writer, row, self.step)
             log.info(outputs.summary_line(row, self.tcfg.num_epochs, improved))
-            for cb in self.callbacks:
-                if hasattr(cb, "on_epoch_end"):
-                    cb.on_epoch_end(self.epoch, row)
+            self._notify("on_epoch_end", s.epoch, row)
 
-    def _train_epoch(self, epoch: int, phase: Phase, writer) -> dict:
+    def _train_epoch(self, epoch: int, phase: Phase) -> dict:
         """One pass over the training data; returns mean losses and gradient norm."""
         t, accum = self.tcfg, self.tcfg.gradient_accumulation_steps
         self.model.train()
-        if t.hard_batches > 0 and t.hard_batch_source == "model":
-            # From the weights at the epoch start: a resumed run computes the same vectors.
-            captions = [it["captions"][0] for it in self.train_store.items]
-            kw = {"batch_size": t.eval_batch_size, "info": self.info, "amp_dtype": self.amp_dtype}
-            vecs = model_group_vectors(self.model, captions, self.sampler.groups, self.device, **kw)
-            self.sampler.set_group_vectors(vecs)
-        self.sampler.set_epoch(epoch)
+        self._prepare_batches(epoch)
         sums = torch.zeros(4, dtype=torch.float64)  # total, tempme, stop, number of good batches
         norms: list[float] = []
         bar = tqdm(
@@ -287,10 +281,8 @@ class UnifiedModelTrainer:
             window_bad = False
             if norm is not None:
                 norms.append(norm)
-                if writer is not None:
-                    writer.add_scalar("train/grad_norm", norm, self.step)
-            if writer is not None and losses is not None:
-                writer.add_scalar("train/loss", losses["total"], self.step)
+            step_metrics = {"train_loss": losses["total"] if losses else math.nan, "grad_norm": norm}
+            self._notify("on_step_end", self.state.step, step_metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{losses['total']:.4f}" if losses else "nan")
         bar.close()
@@ -303,19 +295,30 @@ class UnifiedModelTrainer:
             "grad_norm": sum(norms) / len(norms) if norms else float("nan"),
         }
 
+    def _prepare_batches(self, epoch: int) -> None:
+        """The sampler's order for ``epoch`` (with hard batches from the model's own text
+        embeddings when the demo recipe asks for them)."""
+        r = self.cfg.demo_recipe
+        if r.hard_batches > 0 and r.hard_batch_source == "model":
+            # From the weights at the epoch start: a resumed run computes the same vectors.
+            captions = [it["captions"][0] for it in self.train_store.items]
+            kw = {"batch_size": self.tcfg.eval_batch_size, "info": self.info, "amp_dtype": self.amp_dtype}
+            vecs = model_group_vectors(self.model, captions, self.sampler.groups, self.device, **kw)
+            self.sampler.set_group_vectors(vecs)
+        self.sampler.set_epoch(epoch)
+
     def _forward_backward(self, batch: dict, sync: bool) -> dict | None:
         """Loss and backward of one micro-batch; ``None`` (no backward) if any rank's loss is not finite."""
         video = frames_to_tensor(batch["frames"].to(self.device, non_blocking=True))  # [B, T, 3, S, S]
         mask = batch["mask"].to(self.device)  # [B, T]
         ids, attn = self.model.tokenize(batch["captions"])  # [B, L]
-        with self.ddp.sync_context(sync):
+        with self.runner.sync_context(sync):
             with autocast(self.device, self.amp_dtype):
-                out = self.ddp(video, mask, ids.to(self.device), attn.to(self.device))
+                out = self.runner(video, mask, ids.to(self.device), attn.to(self.device))
             # Every rank must agree to skip, or DDP's gradient all-reduce would wait forever.
             if any_true(not bool(torch.isfinite(out["total_loss"].detach())), self.device):
                 return None
-            # loss_for_backward carries the DDP factor; accumulation divides here.
-            self.scaler.scale(out["loss_for_backward"] / self.tcfg.gradient_accumulation_steps).backward()
+            self.scaler.scale(out["total_loss"] / self.tcfg.gradient_accumulation_steps).backward()
         return {k: float(out[f"{k}_loss"].detach()) for k in ("total", "tempme", "stop")}
 
     def _optimizer_step(self, skip: bool) -> float | None:
@@ -331,74 +334,58 @@ class UnifiedModelTrainer:
             else:
                 self.scaler.step(self.optimizer)  # skips by itself on fp16 overflow
                 self.scaler.update()
-                self.bad_in_row = 0
+                self.state.bad_in_row = 0
         self.optimizer.zero_grad(set_to_none=True)
         # The schedule follows the position in the run, skipped steps included (torch warns
         # about a scheduler step without an optimiser step: intended here).
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*", category=UserWarning)
             self.scheduler.step()
-        self.step += 1
+        self.state.step += 1
         return None if skip else norm
 
     def _bad_step(self, epoch: int, batch: dict) -> None:
-        self.bad_in_row += 1
+        self.state.bad_in_row += 1
         ids = [self.train_store.items[i]["video_id"] for i in batch["index"].tolist()]
-        where = f"epoch {epoch + 1}, step {self.step + 1}, videos {ids[:8]}{' ...' if len(ids) > 8 else ''}"
-        if self.bad_in_row >= self.tcfg.max_bad_steps:
+        where = (
+            f"epoch {epoch + 1}, step {self.state.step + 1}, videos {ids[:8]}{' ...' if len(ids) > 8 else ''}"
+        )
+        if self.state.bad_in_row >= self.tcfg.max_bad_steps:
             raise TrainingError(
-                f"{self.bad_in_row} non-finite losses in a row (training.max_bad_steps="
+                f"{self.state.bad_in_row} non-finite losses in a row (training.max_bad_steps="
                 f"{self.tcfg.max_bad_steps}); last at {where}. Lower the learning rates or check the data."
             )
         log.warning("non-finite loss, step skipped: %s", where)
 
     # ------------------------------------------------------------------ validation
-    @torch.no_grad()
     def validate(self) -> dict:
         """Validation loss and t2v / v2t retrieval metrics on the val split (``val_*`` keys)."""
-        t = self.tcfg
-        self.model.eval()
-        sampler = GroupedBatchSampler(
-            None,
-            [1] * len(self.val_store),
-            t.batch_size,
-            shuffle=False,
-            drop_last=self.info.distributed,
-            num_replicas=self.info.world_size,
-            rank=self.info.rank,
+        metrics = validation_metrics(
+            self.model,
+            self.val_store,
+            self.device,
+            self.cfg.data.datatype,
+            self.tcfg,
+            self.info,
+            self.amp_dtype,
         )
-        loader = DataLoader(ClipCaptionDataset(self.val_store), batch_sampler=sampler, collate_fn=collate)
-        sums = torch.zeros(2, dtype=torch.float64)
-        for batch in loader:
-            video = frames_to_tensor(batch["frames"].to(self.device))
-            ids, attn = self.model.tokenize(batch["captions"])
-            with autocast(self.device, self.amp_dtype):
-                out = self.model.compute_training_loss(
-                    video, batch["mask"].to(self.device), ids.to(self.device), attn.to(self.device)
-                )
-            sums += torch.tensor([float(out["total_loss"]), 1.0], dtype=torch.float64)
-        sums = all_reduce_sum(sums.to(self.device)).cpu()
-        metrics = self.evaluate(self.val_store)
         self.model.train()
-        row = {"val_loss": sums[0].item() / sums[1].item() if sums[1] > 0 else float("nan")}
-        for direction in ("t2v", "v2t"):
-            row.update({f"val_{direction}_{k}": metrics[direction][k] for k in METRIC_KEYS})
-        return row
+        return metrics
 
     def evaluate(self, data, dsl: bool = False) -> dict:
-        """Retrieval metrics on ``data``: a FrameStore, a store / split path, or a DataLoader over one."""
+        """Retrieval metrics on ``data``: a FrameStore, a store path, or a DataLoader over one."""
         if self.model is None:
             raise TrainingError("evaluate() needs a model: call train() first (or use tempstop evaluate)")
         store = data
         if isinstance(data, (str, Path)):
-            store = open_store("data", data, self.cfg, self.info)
+            store = open_store("data", data)
         elif isinstance(data, DataLoader):
             store = data.dataset.store
         return evaluate_store(
             self.model,
             store,
             self.device,
-            self.tcfg.datatype,
+            self.cfg.data.datatype,
             self.tcfg.eval_batch_size,
             dsl=dsl,
             info=self.info,
@@ -408,24 +395,19 @@ class UnifiedModelTrainer:
 
     # ------------------------------------------------------------------ outputs
     def _save(self, phase: Phase, row: dict, improved: bool) -> None:
-        state = {
-            "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "phase": phase.mode,
-            "best_metric": self.best_metric,
-            "best_epoch": self.best_epoch,
-            "metrics": row,
-        }
+        s = self.state
+        weights = {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "phase": phase.mode,
+                   "metrics": row, **s.to_checkpoint()}  # fmt: skip
         full = None
-        if self.epoch % self.tcfg.save_every == 0 or self.epoch == self.tcfg.num_epochs:
+        if s.epoch % self.tcfg.save_every == 0 or s.epoch == self.phases[-1].end:
             full = {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "rng": ckpt_io.capture_rng(),
                 "sampler": self.sampler.state_dict(),
-                "history": self.history,
+                "history": s.history,
             }
-        outputs.write_epoch(self.out_dir, state, full, self.history, improved)
+        outputs.write_epoch(self.out_dir, weights, full, s.history, improved)
+        if improved:
+            s.best_file_epoch = s.epoch

@@ -1,0 +1,60 @@
+"""Training callbacks of the CLI (:mod:`tempstop.training.callbacks`): MLflow and TensorBoard.
+
+The trainer tells its callbacks about steps and epochs; these write what they hear where
+people look at it. Both run on the main process only (the trainer calls them there).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+class MlflowCallback:
+    """Sends each epoch's history row to the tracker (x axis: epoch)."""
+
+    def __init__(self, tracker) -> None:
+        self.tracker = tracker
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        self.tracker.log_metrics(
+            {k: v for k, v in metrics.items() if k not in ("epoch", "phase")}, step=epoch
+        )
+
+
+class TensorBoardCallback:
+    """TensorBoard event files in ``log_dir`` (``<checkpoint_dir>/logs``): ``train/loss`` and
+    ``train/grad_norm`` per optimiser step; per epoch, the history row under ``val/``, ``lr/``
+    and ``epoch/`` (x axis: optimiser steps). On resume, events after the resumed step are
+    dropped, so a curve never doubles back."""
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.writer = None
+
+    def on_train_begin(self, state) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=state.step or None)
+
+    def on_step_end(self, step: int, metrics: dict) -> None:
+        for key, name in (("train_loss", "train/loss"), ("grad_norm", "train/grad_norm")):
+            value = metrics.get(key)
+            if value is not None and math.isfinite(value):
+                self.writer.add_scalar(name, value, step)
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        step = metrics["step"]
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "step") and math.isfinite(value):
+                group = "lr" if key.startswith("lr_") else "val" if key.startswith("val_") else "epoch"
+                self.writer.add_scalar(f"{group}/{key}", value, step)
+        self.writer.flush()
+
+    def on_train_end(self, summary: dict) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -1,0 +1,36 @@
+"""The installed packages: a project-specific top-level name, every subpackage listed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_package_folder_is_installed_under_a_project_name():
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = setup["package-dir"]
+    assert dirs == {"tempstop": "src/tempstop", "tempstop_pipelines": "pipelines"}
+    found = set()
+    for name, folder in dirs.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([name, *rel.parts]))
+    assert set(setup["packages"]) == found
+    assert "pipelines" not in setup["packages"]  # a generic name that collides with other projects
+
+
+def test_the_library_needs_no_pipeline_dependency():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    for name in ("mlflow", "dvc", "prefect", "tensorboard", "matplotlib", "fastapi"):
+        assert name not in core, name
+        assert any(d.startswith(name) for d in project["optional-dependencies"]["pipeline"]), name
+    assert project["scripts"]["tempstop"] == "tempstop_pipelines.cli:main"
