@@ -24,7 +24,7 @@ PREFECT_API := http://$(PREFECT_HOST):$(PREFECT_PORT)/api
 RUN := PATH="$(abspath $(BIN)):$$PATH"
 comma := ,
 
-.PHONY: setup demo smoke metrics test test-fast lint clean mlflow-ui tensorboard \
+.PHONY: setup os-deps demo smoke metrics test test-fast lint clean mlflow-ui tensorboard \
 	prefect-server prefect-worker deploy gpu-check serve serve-mlflow stack-up stack-down
 
 setup: $(STAMP)
@@ -35,14 +35,26 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 || $(PY) -m pip install -q 'torch<=2.14.1' 'torchvision<=0.29.1'
-	$(PY) -m pip install -q -e '.[pipeline,dev]'
+	$(PY) -m pip install -q -e '.[pipeline,ray,dev]'
 	touch $(STAMP)
+
+# What the tests need from the system: Debian's chromium (the search page's browser test, driven
+# by playwright; browsers cannot be downloaded) and PostgreSQL 15 (the team stack's tests).
+# Installed with apt when running as root; otherwise those tests are skipped with a message.
+os-deps:
+	@if ! command -v chromium >/dev/null || [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q chromium postgresql-15 >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q chromium postgresql-15 >/dev/null)); \
+	  else echo "note: chromium / postgresql-15 missing and not root: their tests will be skipped"; fi; fi
 
 # The whole pipeline on the generated demo dataset, on whatever device is there (CPU is fine).
 # Ends by promoting the new registry version if it beats the champion (tempstop promote).
 demo: setup
 	$(RUN) dvc repro
 	$(RUN) tempstop promote
+	$(RUN) tempstop reindex --index outputs/index --videos data/demo/test/videos \
+	  --checkpoint models:/tempstop-unified@champion --no-progress
 	@$(MAKE) --no-print-directory metrics
 
 # A tiny end-to-end run (about a minute) through the Prefect flow, in a temporary Prefect server.
@@ -56,6 +68,7 @@ metrics:
 	@echo "MLflow:     $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (make mlflow-ui), http://127.0.0.1:5000"
 	@echo "TensorBoard: $(BIN)/tensorboard --logdir outputs   (make tensorboard), http://127.0.0.1:6006"
 	@echo "Experiments: $(BIN)/dvc exp run -S training.mode=sequential; $(BIN)/dvc exp show"
+	@echo "Search:     make serve   (tempstop serve --index outputs/index), http://127.0.0.1:8000"
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
@@ -81,7 +94,7 @@ deploy: setup
 	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect work-pool create $(PREFECT_POOL) --type process
 	PREFECT_API_URL=$(PREFECT_API) TEMPSTOP_ROOT="$(CURDIR)" $(RUN) prefect --no-prompt deploy --all
 
-test: setup
+test: setup os-deps
 	$(BIN)/pytest
 
 test-fast: setup

@@ -210,11 +210,6 @@ class ModelConfig(_Section):
     # open_clip .bin/.pt/.safetensors); null: random init.
     pretrained: str | None = None
     freeze_backbone: bool = False
-    # Freeze the CLIP text tower alone (its LoRA and STOP text prompts still train). Training
-    # from scratch, a text tower that learns collapses every caption distinction the video
-    # tower cannot see yet (the demo's shapes), and then the video tower is never asked for it;
-    # a frozen random text tower keeps every word apart, so the video tower must learn each one.
-    freeze_text: bool = False
     # Frame size the vision tower takes (null: the backbone's own, 224 for ViT-B, 64 for tiny);
     # pretrained position embeddings are interpolated to it.
     image_size: int | None = Field(None, ge=16)
@@ -288,6 +283,11 @@ class DemoRecipeConfig(_Section):
     # Learning rate of CLIP's temperature (logit_scale); null: training.backbone_lr. From
     # scratch the temperature barely moves at backbone_lr within a short run.
     logit_scale_lr: float | None = Field(None, ge=0)
+    # Freeze the CLIP text tower alone (its LoRA and STOP text prompts still train). Training
+    # from scratch, a text tower that learns collapses every caption distinction the video
+    # tower cannot see yet (the demo's shapes), and then the video tower is never asked for it;
+    # a frozen random text tower keeps every word apart, so the video tower must learn each one.
+    freeze_text: bool = False
 
 
 class EvaluateConfig(_Section):
@@ -322,6 +322,7 @@ LEGACY_KEYS: dict[str, str] = {
     "training.hard_batch_source": "demo_recipe.hard_batch_source",
     "training.logit_scale_lr": "demo_recipe.logit_scale_lr",
     "extract.frames": "model.frames",
+    "model.freeze_text": "demo_recipe.freeze_text",
 }
 
 

@@ -69,8 +69,8 @@ def test_frozen_groups_stay_bit_identical(mode, frozen):
 
 def test_freeze_text_keeps_the_text_tower_and_trains_the_rest():
     torch.manual_seed(0)
-    model = create_unified_model(tiny_config(freeze_text=True)).train()
-    model.set_training_mode("joint")
+    model = create_unified_model(tiny_config()).train()
+    model.set_training_mode("joint", freeze_text=True)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     for _ in range(2):

@@ -149,7 +149,7 @@ def test_round_trip_and_file_errors(tmp_path):
     ("section", "key", "value"),
     [
         ("training", "batch_size", "8"),  # a string is not an int
-        ("model", "freeze_text", "yes"),  # nor a bool
+        ("demo_recipe", "freeze_text", "yes"),  # nor a bool
         ("training", "num_epochs", 2.0),  # a float is not an int
         ("evaluate", "dsl", 1),  # an int is not a bool
         ("data", "root", 5),  # nor a string
@@ -164,11 +164,11 @@ def test_yaml_reads_as_yaml_1_2(tmp_path):
     # 1e-4 is a number (PyYAML alone reads a string), "yes" is a string (PyYAML: a bool),
     # so the strict schema takes the first and refuses the second.
     path = tmp_path / "p.yaml"
-    path.write_text("training: {tempme_lr: 1e-4, stop_lr: 2E-5}\nmodel: {freeze_text: true}\n")
+    path.write_text("training: {tempme_lr: 1e-4, stop_lr: 2E-5}\ndemo_recipe: {freeze_text: true}\n")
     cfg = UnifiedModelConfig.from_yaml(path)
-    assert (cfg.training.tempme_lr, cfg.training.stop_lr, cfg.model.freeze_text) == (1e-4, 2e-5, True)
-    path.write_text("model: {freeze_text: yes}\n")
-    with pytest.raises(ConfigError, match=r"model\.freeze_text: .*'yes'"):
+    assert (cfg.training.tempme_lr, cfg.training.stop_lr, cfg.demo_recipe.freeze_text) == (1e-4, 2e-5, True)
+    path.write_text("demo_recipe: {freeze_text: yes}\n")
+    with pytest.raises(ConfigError, match=r"demo_recipe\.freeze_text: .*'yes'"):
         UnifiedModelConfig.from_yaml(path)
 
 

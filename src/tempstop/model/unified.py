@@ -210,10 +210,11 @@ class UnifiedTempMeSTOPModel(nn.Module):
             groups[_group_of(name)].append((name, p))
         return groups
 
-    def set_training_mode(self, mode: str) -> None:
+    def set_training_mode(self, mode: str, freeze_text: bool = False) -> None:
         """``joint`` (TempMe and STOP train), ``tempme_only`` (STOP frozen), ``stop_only``
         (TempMe frozen). The backbone trains in every mode unless ``freeze_backbone``; its text
-        tower not with ``freeze_text``. ``sequential`` is the trainer's: tempme_only, then stop_only."""
+        tower not with ``freeze_text`` (``demo_recipe.freeze_text``: its LoRA and STOP's text
+        prompts still train). ``sequential`` is the trainer's: tempme_only, then stop_only."""
         if mode not in MODEL_MODES:
             raise ValueError(f"training mode must be one of {', '.join(MODEL_MODES)}, got {mode!r}")
         trains = {
@@ -223,7 +224,7 @@ class UnifiedTempMeSTOPModel(nn.Module):
         }
         for group, named in self.named_param_groups().items():
             for name, p in named:
-                p.requires_grad_(trains[group] and not (self.cfg.freeze_text and is_text_backbone(name)))
+                p.requires_grad_(trains[group] and not (freeze_text and is_text_backbone(name)))
         if not any(p.requires_grad for p in self.parameters()):
             log.warning("variant %s in mode %s has no trainable parameters", self.cfg.variant, mode)
         self.training_mode = mode

@@ -213,7 +213,7 @@ class UnifiedModelTrainer:
 
     def _run_phase(self, phase: Phase) -> None:
         t = self.tcfg
-        self.model.set_training_mode(phase.mode)
+        self.model.set_training_mode(phase.mode, freeze_text=self.cfg.demo_recipe.freeze_text)
         self.model.zero_grad(set_to_none=True)
         self.optimizer = build_optimizer(self.model, t, self.cfg.demo_recipe.logit_scale_lr)
         self.scheduler = build_scheduler(self.optimizer, t, self.steps_per_epoch, phase.end - phase.start)
