@@ -148,3 +148,26 @@ def test_evaluate_index_and_search_accept_the_imported_checkpoint(
     assert hits[0]["score"] == pytest.approx(
         ref["cosine_similarity"][1, order[0]].item(), abs=1e-4
     )  # printed to 4 decimals
+
+
+def test_an_imported_tempme_checkpoint_starts_a_unified_training_run(tmp_path, imported, ref):
+    """--init-from: TempMe's weights come from the official checkpoint, STOP starts fresh."""
+    from tempstop.config import ProjectConfig
+    from tempstop.training.trainer import UnifiedModelTrainer
+
+    store = _store(tmp_path / "store", ref)
+    official = torch.load(imported, map_location="cpu", weights_only=True)
+    cfg = ProjectConfig.from_dict(official["config"]).with_overrides({
+        "model.variant": "unified", "training.num_epochs": 1, "training.batch_size": 2,
+        "training.eval_batch_size": 2, "training.train_data_path": str(store),
+        "training.val_data_path": str(store), "training.checkpoint_dir": str(tmp_path / "ck"),
+        "evaluate.gallery_queries": 0,
+    })  # fmt: skip
+    trainer = UnifiedModelTrainer(cfg, init_from=imported, progress=False)
+    trainer._setup()
+    weights = trainer.model.state_dict()
+    assert any(k.startswith("stop.") for k in weights)
+    for key, value in official["model"].items():
+        assert torch.equal(weights[key], value), key
+    summary = UnifiedModelTrainer(cfg, init_from=imported, progress=False).train()
+    assert summary["epochs"] == 1 and (tmp_path / "ck" / "best_model.pth").is_file()

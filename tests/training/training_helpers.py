@@ -123,7 +123,7 @@ class FakeModel(nn.Module):
             "backbone": [self.word.weight, self.text_proj.weight, self.text_proj.bias, self.logit_scale],
         }
 
-    def set_training_mode(self, mode):
+    def set_training_mode(self, mode, freeze_text=False):
         groups = self.param_groups()
         on = {
             "joint": ("tempme", "stop", "backbone"),

@@ -121,10 +121,16 @@ def checkpoint_config(ckpt: dict[str, Any], source: str = "checkpoint"):
         raise CheckpointError(str(exc).splitlines()[0]) from None
 
 
-def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with an error that lists what does not match."""
+def load_model_weights(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str, fresh: tuple[str, ...] = ()
+) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists what does not match.
+
+    Parameters under the ``fresh`` prefixes (whole modules, e.g. ``"stop."``) may be missing
+    from ``state_dict``: they keep their initialisation (a TempMe checkpoint starting a
+    unified model)."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
+    missing = sorted(k for k in set(own) - set(state_dict) if not k.startswith(fresh))
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
     if missing or unexpected or mismatched:
@@ -142,7 +148,7 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
         raise CheckpointError(
             f"{source}: weights do not fit this model ({'; '.join(problems)}); was it trained with another model config?"
         )
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=not fresh)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):

@@ -122,8 +122,11 @@ class UnifiedModelTrainer:
         check_stores(self.model, self.train_store, self.val_store, t, info)
         if self.init_from is not None:
             init = ckpt_io.load_checkpoint(self.init_from)
-            ckpt_io.load_model_weights(self.model, init["model"], str(self.init_from))
-            log.info("initialised weights from %s", self.init_from)
+            # A module the checkpoint has none of (STOP, for a TempMe-only checkpoint) starts fresh.
+            fresh = tuple(m for m in ("tempme.", "stop.") if not any(k.startswith(m) for k in init["model"]))
+            ckpt_io.load_model_weights(self.model, init["model"], str(self.init_from), fresh)
+            log.info("initialised weights from %s%s", self.init_from,
+                     f" ({', '.join(m.rstrip('.') for m in fresh)} from initialisation)" if fresh else "")  # fmt: skip
         self.sampler = make_sampler(self.train_store, t, self.cfg.demo_recipe, info)
         self.steps_per_epoch = len(self.sampler) // t.gradient_accumulation_steps
         if self.steps_per_epoch < 1:
