@@ -12,7 +12,7 @@ finished run is kept (``WORK/<variant>_seed<N>/result.json``) and skipped when t
 again, so it can be stopped and resumed. After every run the aggregate is rewritten:
 
   benchmarks/results/ablation.json           every run, and mean/std per variant
-  benchmarks/results/ablation.md             the README table
+  benchmarks/results/ablation.md             the table of docs/results.md
   benchmarks/results/ablation_recall.png     test t2v recall at K per variant (mean over seeds)
   benchmarks/results/ablation_curves.png     validation t2v R@1 per epoch per variant
 
@@ -158,7 +158,7 @@ def aggregate(results: list[dict]) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    """The README table: mean ± std over seeds."""
+    """The table of docs/results.md: mean ± std over seeds."""
 
     def cell(stat: dict, digits: int = 1) -> str:
         return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"

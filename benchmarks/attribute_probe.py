@@ -10,7 +10,7 @@ differences (both shapes, ...) are printed too.
 
 The demo's store keeps each clip's generated ``events`` ([colour, shape, motion] per event)
 in its source ``annotations.json``; the script needs them, so it works on demo splits only.
-This is how the README's "What made the demo work" found that shape was never learned.
+This is how docs/results.md ("What made the demo work") found that shape was never learned.
 """
 
 from __future__ import annotations
