@@ -157,7 +157,7 @@ class TempMeConfig(_Section):
 #: The papers' TempMe schedules by patch size: ``(imgme_r, cross_merge, intra_merge)``.
 #: Patch 32 (ViT-B/32, official main.py defaults: tome_r 2, merge_token_proportion 30-10):
 #: 50 -> 34 tokens per frame, 97 output tokens for 12 frames. Patch 16 (ViT-B/16): the
-#: schedule that gives the paper's 127 output tokens and ~121 GFLOPs (README, "The model").
+#: schedule that gives the paper's 127 output tokens and ~121 GFLOPs (docs/efficiency.md).
 TEMPME_PRESETS: dict[int, tuple[int, float, float]] = {32: (2, 0.3, 0.1), 16: (10, 0.4, 0.2)}
 
 
@@ -265,7 +265,7 @@ class TrainingConfig(_Section):
 
 
 class DemoRecipeConfig(_Section):
-    """The demo benchmark's own training options (README, "What made the demo work"): what the
+    """The demo benchmark's own training options (docs/results.md, "What made the demo work"): what the
     tiny backbone, trained from scratch on the generated clips, needs to learn the shapes its
     captions name. All off by default; a run from CLIP weights needs none of them.
     """
