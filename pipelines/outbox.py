@@ -1,12 +1,12 @@
 """What a run sends to MLflow goes through an outbox: training never waits for the server.
 
-    outbox = Outbox("http://mlflow:5000", run_id)
+    outbox = Outbox("http://mlflow:5000")
     outbox.put("metrics epoch 3", lambda client: client.log_batch(run_id, metrics=[...]))
     unsent = outbox.close(timeout_s=120)     # names of what could not be recorded
 
-One background thread sends the items in order with an ``MlflowClient``. When a send fails
-and the tracking server does not answer its ``/health``, the server is *down*: the item stays
-at the head of the queue, the thread waits for the server (checking every few seconds) and
+One background thread sends the items in order with an ``MlflowClient``. Before each send,
+and after a send fails, it asks the server's ``/health``; no answer means the server is
+*down*: the item stays at the head of the queue, the thread waits for the server (checking every few seconds) and
 sends everything once it is back; meanwhile the caller goes on queueing (metrics keep the time
 they were measured at). A failure while the server is up is a refusal (a bad value): that item
 is dropped with a warning. Stores without a server (sqlite, files) have no outage: a failure
@@ -124,6 +124,10 @@ class Outbox:
 
     def _send(self, item: Item) -> bool:
         """Send one item; False to try it again (the server is down)."""
+        # Asked first because MLflow's client retries a dead server for minutes (backoff up
+        # to MLFLOW_HTTP_REQUEST_MAX_RETRIES) before it raises: the outage would go unnoticed.
+        if not server_up(self.uri, timeout=2.0):
+            self._wait_for_server(item)
         try:
             item.send(self.client)
         except Exception as exc:
