@@ -334,7 +334,10 @@ def test_a_second_checkout_pulls_the_data_stages_instead_of_recomputing(tmp_path
         actions[root.name] = [repro_and_push(stage) for stage in DATA_STAGES]
         took[root.name] = time.monotonic() - start
     print(f"data stages: computed and pushed in {took['a']:.0f} s, pulled in {took['b']:.0f} s")
-    assert actions == {"a": ["ran"] * 3, "b": ["pulled"] * 3}
+    # validate's report is not in DVC's cache (cache: false), so the run cache cannot restore the
+    # stage: it checks the pulled data again (seconds), writes the same report, and the frames
+    # that depend on it are pulled, not extracted.
+    assert actions == {"a": ["ran"] * 3, "b": ["pulled", "ran", "pulled"]}
     status = dvc(["status", *DATA_STAGES], cwd=checkouts[1])
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
     import yaml
