@@ -226,7 +226,9 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_in_mlflow(stack, sto
     downloads the checkpoint, resumes after it, and ends with the uninterrupted run's weights."""
     from mlflow import MlflowClient
 
-    env = _env(stack, tmp_path, prefect=False)  # the file lock: the kernel frees it at once
+    # The fleet's lock: a Prefect global concurrency limit whose lease the server revokes about
+    # a minute after its holder was killed (then the retry gets in).
+    env = _env(stack, tmp_path, prefect=True)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     out, ref = tmp_path / "crash", tmp_path / "reference"
     crash_log, ref_log = tmp_path / "crash.log", tmp_path / "reference.log"
@@ -288,7 +290,7 @@ def test_training_goes_on_while_the_tracking_server_is_down(stack, store, tmp_pa
     assert "mlflow" in stack.up()["started"]
     result = _finish(proc, log)
     text = log.read_text()
-    print(f"server down {trained_without_server:.0f} s while training went on; then {text.count('is back')} resend")
+    print(f"training went on {trained_without_server:.0f} s with the server down; all sent once it was back")
     assert "unreachable" in text and "is back" in text and "NOT recorded" not in text
     done = client.get_run(run.info.run_id)
     assert done.info.status == "FINISHED"
@@ -383,13 +385,13 @@ def test_two_workers_train_at_once_into_one_registry(stack, tmp_path, helpers, p
                                              "process", "--limit", "1", "--name", f"worker-{root.name}"], env,
                                             tmp_path / f"worker-{root.name}.log", cwd=root))  # fmt: skip
         logs = "\n".join(pt.tail(tmp_path / f"worker-{root.name}.log", 6000) for root in checkouts)
-        deadline, runs = time.monotonic() + 900, {}
+        deadline, runs = time.monotonic() + 1800, {}
         while True:
             runs = {rid: requests.get(f"{api}/flow_runs/{rid}", timeout=10).json() for rid in run_ids}
             if all(r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs.values()):
                 break
             assert all(w.poll() is None for w in workers), "a worker exited"
-            assert time.monotonic() < deadline, "runs not done in 15 minutes"
+            assert time.monotonic() < deadline, "runs not done in 30 minutes"
             time.sleep(5)
         took = time.monotonic() - start
         logs = "\n".join(pt.tail(tmp_path / f"worker-{root.name}.log", 6000) for root in checkouts)
@@ -398,6 +400,8 @@ def test_two_workers_train_at_once_into_one_registry(stack, tmp_path, helpers, p
         for worker in workers:
             pt.stop_process(worker)
     print(f"two smoke retrains on two workers at once: {took:.0f} s")
+    for root in checkouts:  # each worker ran in its own checkout (prefect.yaml's pull step)
+        assert (root / "metrics/eval.json").is_file() and (root / "reports/promote.json").is_file(), root
     a, b = runs.values()
     assert a["start_time"] < b["end_time"] and b["start_time"] < a["end_time"], "the two runs overlapped"
 
