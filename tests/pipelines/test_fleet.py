@@ -42,7 +42,7 @@ def stack():
     base.chmod(0o755)
     s = Stack(base / "stack")
     try:
-        s.up()
+        s.up(timeout_s=600)  # a loaded CI machine starts MLflow's workers slowly
         yield s
     finally:
         s.down()
@@ -287,7 +287,7 @@ def test_training_goes_on_while_the_tracking_server_is_down(stack, store, tmp_pa
     _wait_for("the last checkpoint", lambda: (out / f"checkpoint_epoch_{EPOCHS}.pth").is_file(), 300, proc, log)
     trained_without_server = time.monotonic() - down_at
     assert proc.poll() is None, "the run waits for the server to send what it kept"
-    assert "mlflow" in stack.up()["started"]
+    assert "mlflow" in stack.up(timeout_s=600)["started"]
     result = _finish(proc, log)
     text = log.read_text()
     print(f"training went on {trained_without_server:.0f} s with the server down; all sent once it was back")
@@ -312,7 +312,7 @@ def test_the_end_of_a_run_names_what_the_server_never_got(stack, store, tmp_path
         os.killpg(stack.state()["pids"]["mlflow"], signal.SIGKILL)
         result = _finish(proc, log)
     finally:
-        stack.up()
+        stack.up(timeout_s=600)
     text = log.read_text()
     assert "NOT recorded" in text and "metrics of step" in text, text[-3000:]
     assert result["version"] is None and (out / "best_model.pth").is_file()
