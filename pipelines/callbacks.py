@@ -7,19 +7,45 @@ people look at it. Both run on the main process only (the trainer calls them the
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 
 class MlflowCallback:
-    """Sends each epoch's history row to the tracker (x axis: epoch)."""
+    """Sends each epoch's history row to the tracker (x axis: epoch); with ``checkpoint_dir``,
+    also each full checkpoint the epoch wrote (:meth:`~.tracking.MlflowTracker.log_checkpoint`:
+    what a retry of a crashed run resumes from, :mod:`.recovery`)."""
 
-    def __init__(self, tracker) -> None:
+    def __init__(self, tracker, checkpoint_dir: str | Path | None = None) -> None:
         self.tracker = tracker
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self._since = time.time()
+        self._best_changed = False
+
+    def on_train_begin(self, state) -> None:
+        self._since = time.time()
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
         self.tracker.log_metrics(
             {k: v for k, v in metrics.items() if k not in ("epoch", "phase")}, step=epoch
         )
+        if self.checkpoint_dir is not None:
+            self._log_checkpoint(epoch)
+        self._since = time.time()
+
+    def _log_checkpoint(self, epoch: int) -> None:
+        """The epoch's checkpoint, with best_model.pth when it changed since the last one.
+        Only files written during this epoch count, not what an earlier run left there."""
+        from tempstop.training.outputs import BEST, checkpoint_name
+
+        def fresh(path: Path) -> bool:
+            return path.is_file() and path.stat().st_mtime >= self._since - 1
+
+        best, path = self.checkpoint_dir / BEST, self.checkpoint_dir / checkpoint_name(epoch)
+        self._best_changed |= fresh(best)
+        if fresh(path):
+            self.tracker.log_checkpoint(path, epoch, best if self._best_changed else None)
+            self._best_changed = False
 
 
 class TensorBoardCallback:

@@ -8,9 +8,11 @@ Everything lives in one folder (default ``.stack/`` of the checkout): the Postgr
 (initdb'ed there, run as an unprivileged user, bound to 127.0.0.1, password authentication),
 MLflow's artifact store (``artifacts/``; any fsspec/S3 URI with ``--artifacts``), Prefect's
 home, the logs (``logs/*.log``), the generated passwords (``credentials.json``, mode 600) and
-the state (``stack.json``: ports and process ids). MLflow and Prefect keep their metadata in
-their own PostgreSQL databases, so every machine that reaches this one shares one registry and
-one Prefect API.
+the state (``stack.json``: ports and process ids) and a DVC remote folder (``dvc-remote/``; on
+a fleet, put it on storage every machine mounts, or use S3/SSH). MLflow and Prefect keep their
+metadata in their own PostgreSQL databases, so every machine that reaches this one shares one
+registry and one Prefect API. Prefect keeps its concurrency leases (the fleet's locks,
+pipelines/locks.py) in files under its home, so a server restart does not lose who holds what.
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ class Stack:
             if name not in state["ports"]:
                 state["ports"][name] = port if _port_free(port) else _free_port()
         state["artifacts"] = artifacts or state.get("artifacts") or str(self.root / "artifacts")
+        state["dvc_remote"] = state.get("dvc_remote") or str(self.root / "dvc-remote")
+        Path(state["dvc_remote"]).mkdir(parents=True, exist_ok=True)
         state.setdefault("pids", {})
         self._save(state)
         started = []
@@ -195,7 +199,8 @@ class Stack:
             args = [str(BIN / "mlflow"), "server", "--backend-store-uri", urls["mlflow_db"], "--artifacts-destination",
                     state["artifacts"], "--host", "127.0.0.1", "--port", port, "--workers", "2"]  # fmt: skip
         else:
-            env.update(PREFECT_API_DATABASE_CONNECTION_URL=urls["prefect_db"], PREFECT_HOME=str(self.root / "prefect-home"))
+            env.update(PREFECT_API_DATABASE_CONNECTION_URL=urls["prefect_db"], PREFECT_HOME=str(self.root / "prefect-home"),
+                       PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE="prefect.server.concurrency.lease_storage.filesystem")  # fmt: skip
             args = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port]
         log = (self.logs / f"{name}.log").open("a")
         proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -8,8 +8,12 @@ The library (``src/tempstop``) returns metric dicts; the stages hand them to a :
         version = tracker.register_checkpoint("outputs/x/best_model.pth", best_metrics)
 
 Opening a tracker already records what every run needs: the flattened config as params, the
-config as a JSON artifact and tags (git commit, training mode, data version, job, and what the
-caller adds: DVC stage and phase, Prefect pipeline run).
+config as a JSON artifact and tags (:mod:`.provenance`: git commit, training mode, data
+version, job, and what the caller adds: DVC stage and phase, Prefect pipeline run, worker).
+Only opening the run talks to the server directly (it was checked just before); every record
+after goes through an outbox (:mod:`.outbox`), so a tracking server that goes away mid-run
+delays the records instead of stopping training, and what could not be sent by the end is
+named in one warning.
 ``tracking.enabled: false`` makes every call a no-op. ``MLFLOW_TRACKING_URI`` overrides
 ``tracking.uri`` (default ``sqlite:///mlflow.db`` in the project root).
 
@@ -26,13 +30,14 @@ import logging
 import math
 import os
 import re
-import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .provenance import run_tags
 
 log = logging.getLogger(__name__)
 
@@ -136,83 +141,6 @@ def check_tracking(cfg: Any, timeout: float = 5.0) -> None:
             raise TrackingError(f"MLflow tracking store {uri}: {parent} is not writable")
 
 
-# ---- tags ---------------------------------------------------------------------------------
-def git_commit(cwd: str | Path = ".") -> str:
-    """``HEAD`` of the working tree, with ``-dirty`` when tracked files are modified."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
-
-
-def data_version(cfg: Any) -> dict[str, str]:
-    """Cheap, honest identifiers of the data a run saw.
-
-    ``data_version`` hashes every split's annotations.json and the names and sizes of its
-    videos (no video bytes are read). ``dvc_data_hash`` is DVC's own hash of the data folder
-    when dvc.lock records it.
-    """
-    import hashlib
-
-    data = getattr(cfg, "data", None)
-    if data is None:
-        return {}
-    root = Path(data.root)
-    digest = hashlib.sha256()
-    seen = False
-    for split in (data.train_split, data.val_split, data.test_split):
-        ann = root / split / "annotations.json"
-        if ann.is_file():
-            seen = True
-            digest.update(split.encode() + b"\0" + ann.read_bytes())
-            videos = root / split / "videos"
-            if videos.is_dir():
-                for f in sorted(videos.iterdir()):
-                    digest.update(f"{f.name}:{f.stat().st_size}\n".encode())
-    tags = {"data_root": str(root)}
-    if seen:
-        tags["data_version"] = digest.hexdigest()[:16]
-    lock = Path("dvc.lock")
-    if lock.is_file():
-        try:
-            import yaml
-
-            stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-            for stage in stages.values():
-                for out in stage.get("outs", []) or []:
-                    if Path(out.get("path", "")) == root and out.get("md5"):
-                        tags["dvc_data_hash"] = out["md5"]
-        except Exception as exc:  # a malformed lock file must not stop training
-            log.debug("could not read dvc.lock: %s", exc)
-    return tags
-
-
-def run_tags(cfg: Any, job: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The tags every run carries, plus ``extra`` (the DVC stage and phase, the Prefect
-    pipeline run: given by whoever starts the job)."""
-    tags = {"job": job, "git_commit": git_commit()}
-    training = getattr(cfg, "training", None)
-    if training is not None:
-        tags["mode"] = str(training.mode)
-    model = getattr(cfg, "model", None)
-    if model is not None:
-        tags["variant"] = str(model.variant)
-        tags["backbone"] = str(model.backbone)
-    tags.update(data_version(cfg))
-    tags.update({k: str(v) for k, v in (extra or {}).items()})
-    return tags
-
-
 # ---- trackers -----------------------------------------------------------------------------
 class Tracker:
     """No-op tracker: what stages get when tracking is disabled."""
@@ -223,108 +151,162 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_checkpoint(self, path: str | Path, epoch: int, best: str | Path | None = None) -> None: ...
 
     def register_checkpoint(self, path: str | Path, metrics: dict[str, Any]) -> str | None:
         return None
 
 
 class MlflowTracker(Tracker):
-    """Logs to the active MLflow run. Logging failures mid-run are warnings: the checkpoint on
-    disk is the result, and losing a curve point must not kill a long training run."""
+    """Logs to one MLflow run through an :class:`~.outbox.Outbox`: calls return at once, a
+    tracking server that goes away mid-run delays the records (sent when it is back) instead of
+    stopping training, and :meth:`close` names in one warning whatever was not recorded."""
 
-    def __init__(self, cfg: Any, job: str, run: Any, tags: dict[str, str] | None = None):
+    def __init__(self, cfg: Any, job: str, run_id: str, uri: str, tags: dict[str, str] | None = None):
+        from .outbox import Outbox
+
         self.cfg = cfg
         self.job = job
+        self.uri = uri
         self.tags = run_tags(cfg, job, tags)
-        self.run_id = run.info.run_id
-        self._warned = False
-
-    def _guard(self, what: str, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if not self._warned:
-                log.warning("MLflow %s failed (%s); training continues", what, exc)
-                self._warned = True
-            return None
+        self.run_id = run_id
+        self.outbox = Outbox(uri)
+        self.flush_timeout_s = float(getattr(_tracking_section(cfg), "flush_timeout_s", 120.0))
 
     def log_params(self, params: dict[str, Any]) -> None:
-        import mlflow
+        from mlflow.entities import Param
 
-        # Values are stringified (lists, None); MLflow limits a value to 6000 characters.
-        clean = {k: str(v)[:6000] for k, v in params.items()}
-        try:
-            mlflow.log_params(clean)
-        except mlflow.exceptions.MlflowException as exc:
-            # Re-logging a param with a different value is refused; keep the first value.
-            log.warning("some params were not logged: %s", str(exc).splitlines()[0])
+        # Values are stringified (lists, None); MLflow takes 6000 characters and 100 per call.
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            chunk = items[i : i + 100]
+            self.outbox.put("params", lambda c, chunk=chunk: c.log_batch(self.run_id, params=chunk))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        import mlflow
+        from mlflow.entities import RunTag
 
-        self._guard("set_tags", mlflow.set_tags, {k: str(v) for k, v in tags.items()})
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        self.outbox.put(f"tags {', '.join(tags)}", lambda c: c.log_batch(self.run_id, tags=items))
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        import mlflow
+        import time
 
-        clean = _numeric_metrics(metrics)
-        if clean:
-            self._guard("log_metrics", mlflow.log_metrics, clean, step=step)
+        from mlflow.entities import Metric
+
+        clean, now = _numeric_metrics(metrics), int(time.time() * 1000)  # the time it was measured
+        items = [Metric(k, v, now, step or 0) for k, v in clean.items()]
+        if items:
+            label = f"metrics of step {step}" if step is not None else f"metrics {', '.join(clean)}"
+            self.outbox.put(label, lambda c: c.log_batch(self.run_id, metrics=items))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        import mlflow
-
         path = Path(path)
         if path.is_dir():
-            self._guard("log_artifacts", mlflow.log_artifacts, str(path), artifact_path)
+            self.outbox.put(f"artifacts {path}", lambda c: c.log_artifacts(self.run_id, str(path), artifact_path))
         elif path.is_file():
-            self._guard("log_artifact", mlflow.log_artifact, str(path), artifact_path)
+            self.outbox.put(f"artifact {path}", lambda c: c.log_artifact(self.run_id, str(path), artifact_path))
         else:
             log.warning("not logging %s: no such file", path)
 
+    def log_checkpoint(self, path: str | Path, epoch: int, best: str | Path | None = None) -> None:
+        """Record that ``path`` (a full checkpoint) holds ``epoch``: tags ``checkpoint_epoch``
+        and ``checkpoint_sha256``. With a tracking server (shared by every machine) the file,
+        and ``best`` (best_model.pth, when it changed) before it, are first uploaded to the
+        run's ``checkpoints/`` artifacts, so a tag never names a checkpoint that is not there
+        (:mod:`..recovery` reads them)."""
+        from .outbox import server_health_url
+
+        path, upload = Path(path), server_health_url(self.uri) is not None
+
+        def send(client) -> None:
+            if upload:
+                if best is not None:
+                    client.log_artifact(self.run_id, str(best), "checkpoints")
+                client.log_artifact(self.run_id, str(path), "checkpoints")
+            client.set_tag(self.run_id, "checkpoint_sha256", sha256_file(path))
+            client.set_tag(self.run_id, "checkpoint_epoch", str(epoch))
+
+        self.outbox.put(f"checkpoint {path.name}", send)
+
     def register_checkpoint(self, path: str | Path, metrics: dict[str, Any]) -> str | None:
-        """Log the checkpoint as a pyfunc model and register it as a new version.
+        """Log the checkpoint as a pyfunc model and register it as a new version (None, with a
+        warning, when the tracking server is still away after ``tracking.flush_timeout_s``).
 
         The version carries the selection metric (validation t2v R@1) as a tag, which
-        ``tempstop promote`` compares with the champion's.
+        ``tempstop promote`` compares with the champion's, and the run's tags (git commit,
+        data hashes, pipeline run, worker).
         """
-        import mlflow
-        from mlflow import MlflowClient
+        from .outbox import server_up
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"cannot register {path}: no such checkpoint")
-        name = _tracking_section(self.cfg).registered_model
         flat = _numeric_metrics(metrics)
         self.log_metrics({f"best_{k}": v for k, v in flat.items()})
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-            # An input example would make MLflow load the checkpoint and run predict() at
-            # registration; the explicit signature says what the input is.
-            warnings.filterwarnings(
-                "ignore", message=".*input example was not provided", category=UserWarning
-            )
-            config_path = Path(tmp) / "config.json"
-            config_path.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                artifacts={"checkpoint": str(path), "config": str(config_path)},
-                pip_requirements=PIP_REQUIREMENTS,
-                signature=_pyfunc_signature(),
-                registered_model_name=name,
-            )
-        version = str(info.registered_model_version)
-        client = MlflowClient(tracking_uri())
+        if not self.outbox.drain(self.flush_timeout_s) or not server_up(self.uri):
+            log.warning("MLflow %s still unreachable: %s NOT registered (register it later from the file)",
+                        self.uri, path)  # fmt: skip
+            return None
+        version = self._log_model(path)
         score = selection_score(metrics)
         tags = {"job": self.job, "run_id": self.run_id, "checkpoint": path.name}
         tags.update({k: f"{v:.6g}" for k, v in flat.items()})
         if score is not None:
             tags[SELECTION_METRIC] = f"{score:.6g}"
         tags.update({k: v for k, v in self.tags.items() if k != "job"})
+        from mlflow import MlflowClient
+
+        client, name = MlflowClient(self.uri), _tracking_section(self.cfg).registered_model
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         log.info("registered %s version %s (%s=%s)", name, version, SELECTION_METRIC, score)
         return version
+
+    def _log_model(self, path: Path) -> str:
+        """The pyfunc model of ``path`` in this run (active for the call), registered."""
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            # An input example would make MLflow load the checkpoint and run predict() at
+            # registration; the explicit signature says what the input is.
+            warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+            config_path = Path(tmp) / "config.json"
+            config_path.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            mlflow.start_run(run_id=self.run_id)
+            try:
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                    artifacts={"checkpoint": str(path), "config": str(config_path)},
+                    pip_requirements=PIP_REQUIREMENTS,
+                    signature=_pyfunc_signature(),
+                    registered_model_name=_tracking_section(self.cfg).registered_model,
+                )
+            finally:
+                mlflow.end_run()  # the final status is set by close()
+        return str(info.registered_model_version)
+
+    def close(self, status: str) -> None:
+        """End the run as ``status`` (FINISHED / FAILED) once everything before is sent; warn,
+        naming them, about the records that could not be sent in ``tracking.flush_timeout_s``."""
+        self.outbox.put(f"end of run ({status})", lambda c: c.set_terminated(self.run_id, status))
+        unsent = self.outbox.close(self.flush_timeout_s)
+        lost = unsent + self.outbox.refused
+        if lost:
+            shown = ", ".join(lost[:12]) + (f" and {len(lost) - 12} more" if len(lost) > 12 else "")
+            log.warning("MLflow run %s at %s: NOT recorded: %s. %s", self.run_id, self.uri, shown,
+                        "The server is unreachable; they are still sent if it comes back before this process "
+                        "exits." if unsent else "The server refused them.")  # fmt: skip
+
+
+def sha256_file(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _pyfunc_signature():
@@ -365,24 +347,34 @@ def open_tracker(
     cfg: Any, job: str, run_name: str | None = None, tags: dict[str, str] | None = None
 ) -> Iterator[Tracker]:
     """An MLflow run for one job (train, evaluate, ...), ended when the block exits; ``tags``
-    are added to :func:`run_tags` (and to the model versions it registers).
+    are added to :func:`~.provenance.run_tags` (and to the model versions it registers).
 
-    A run whose block raises is marked FAILED. With tracking disabled this yields a no-op.
+    The run is created here (the server was checked before); everything after goes through
+    the tracker's outbox. A run whose block raises is marked FAILED. With tracking disabled
+    this yields a no-op.
     """
     if not tracking_enabled(cfg):
         yield Tracker()
         return
     import mlflow
+    from mlflow import MlflowClient
+    from mlflow.tracking.context.registry import resolve_tags
 
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     experiment_id = _ensure_experiment(_tracking_section(cfg).experiment, uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        tracker = MlflowTracker(cfg, job, run, tags)
-        tracker.set_tags(tracker.tags)
-        if hasattr(cfg, "flat"):
-            tracker.log_params(cfg.flat())
-        if hasattr(cfg, "to_dict"):
-            tracker._guard("log_dict", mlflow.log_dict, cfg.to_dict(), "config.json")
-        log.info("MLflow run %s (%s) in %s", run.info.run_id, job, uri)
+    run = MlflowClient(uri).create_run(experiment_id, tags=resolve_tags({}), run_name=run_name)
+    tracker = MlflowTracker(cfg, job, run.info.run_id, uri, tags)
+    tracker.set_tags(tracker.tags)
+    if hasattr(cfg, "flat"):
+        tracker.log_params(cfg.flat())
+    if hasattr(cfg, "to_dict"):
+        config = cfg.to_dict()
+        tracker.outbox.put("config.json", lambda c: c.log_dict(tracker.run_id, config, "config.json"))
+    log.info("MLflow run %s (%s) in %s", run.info.run_id, job, uri)
+    status = "FAILED"
+    try:
         yield tracker
+        status = "FINISHED"
+    finally:
+        tracker.close(status)

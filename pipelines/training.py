@@ -39,11 +39,14 @@ class TrainingRun:
     tags: dict[str, str] = field(default_factory=dict)
     device: str | None = None
     progress: bool = True
+    #: Record every full checkpoint in the MLflow run (what a retry resumes from, .recovery).
+    log_checkpoints: bool = False
 
     def to_json(self, path: str | Path) -> None:
         doc = {"config": self.config.to_dict(), "phases": None if self.phases is None else
                [p.to_dict() for p in self.phases], "init_from": self.init_from, "resume": self.resume,
-               "tags": self.tags, "device": self.device, "progress": self.progress}  # fmt: skip
+               "tags": self.tags, "device": self.device, "progress": self.progress,
+               "log_checkpoints": self.log_checkpoints}  # fmt: skip
         Path(path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
@@ -66,9 +69,11 @@ def run_training(
     tags: dict[str, str] | None = None,
     device: str | None = None,
     progress: bool = True,
+    log_checkpoints: bool = False,
 ) -> dict | None:
     """Train as ``cfg`` says; returns the trainer's summary (plus ``registered_version``) on
-    the main process and None on the others of a torchrun launch.
+    the main process and None on the others of a torchrun launch. ``log_checkpoints``: record
+    each full checkpoint in the MLflow run (uploaded to a tracking server), for crash recovery.
 
     Raises one-line errors (:func:`training_errors`) for anything the user can fix: data,
     sizes, the resume file, the tracking store, non-finite losses.
@@ -88,12 +93,12 @@ def run_training(
         if not info.is_main:
             trainer.train()
             return None
-        return _train_tracked(trainer, cfg, dict(tags or {}))
+        return _train_tracked(trainer, cfg, dict(tags or {}), log_checkpoints)
     finally:
         cleanup()
 
 
-def _train_tracked(trainer, cfg: ProjectConfig, tags: dict[str, str]) -> dict:
+def _train_tracked(trainer, cfg: ProjectConfig, tags: dict[str, str], log_checkpoints: bool = False) -> dict:
     """Train on the main process with the MLflow and TensorBoard callbacks; register the best."""
     from .callbacks import MlflowCallback, TensorBoardCallback
     from .tracking import open_tracker
@@ -106,7 +111,7 @@ def _train_tracked(trainer, cfg: ProjectConfig, tags: dict[str, str]) -> dict:
         tracker = stack.enter_context(open_tracker(cfg, job="train", run_name=run_name, tags=tags))
         board = TensorBoardCallback(out / "logs")
         stack.callback(board.close)  # also when training fails
-        trainer.callbacks += [MlflowCallback(tracker), board]
+        trainer.callbacks += [MlflowCallback(tracker, out if log_checkpoints else None), board]
         summary = trainer.train()
         if (out / "history.json").is_file():
             tracker.log_artifact(out / "history.json")
@@ -140,7 +145,7 @@ def run_training_from(run: TrainingRun) -> dict | None:
     """:func:`run_training` with the arguments of ``run``."""
     return run_training(
         run.config, phases=run.phases, init_from=run.init_from, resume=run.resume, tags=run.tags,
-        device=run.device, progress=run.progress,
+        device=run.device, progress=run.progress, log_checkpoints=run.log_checkpoints,
     )  # fmt: skip
 
 
@@ -154,11 +159,12 @@ def training_errors() -> tuple[type[Exception], ...]:
     from tempstop.training.checkpoint import CheckpointError
     from tempstop.training.setup import TrainingError
 
+    from .locks import LockTimeout
     from .tracking import TrackingError
 
     # OSError: a file that cannot be read or written (a full disk: tempstop.utils.WriteError).
     return (TrainingError, CheckpointError, StoreError, TrackingError, AnnotationError, ExtractError,
-            ConfigError, OSError)  # fmt: skip
+            ConfigError, LockTimeout, OSError)  # fmt: skip
 
 
 def error_message(exc: BaseException) -> str:

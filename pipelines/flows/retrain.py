@@ -6,7 +6,14 @@ passed as objects; there is no second implementation of any stage.
 Order follows the training mode: sequential (and stop_only) trains the TempMe stage then the
 STOP stage from its result; joint (and tempme_only) trains once. Frame extraction is retried
 (I/O on many videos), a stage's failure fails the flow, and the last task moves the
-registry's ``champion`` alias when the new model's validation R@1 is better.
+registry's ``champion`` alias when the new model's validation R@1 is better (the version this
+flow run registered, under the promotion lock).
+
+With a DVC default remote, the data stages go through DVC (:mod:`..shared_data`): pulled when
+another worker computed them, pushed when this run did. The training stages are crash-safe
+(:mod:`..recovery`): a new run of the same training resumes where a killed one stopped.
+Every MLflow run and registered version carries the tags ``pipeline_run`` (this flow run),
+``worker`` (the Prefect worker running it), ``data_sync`` and the DVC hashes of the data.
 
 Run it locally (a temporary Prefect server starts for the run):
 
@@ -21,6 +28,7 @@ import argparse
 import json
 import os
 import shlex
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,9 +51,37 @@ def run_stage_task(name: str, argv: list[str], config: Any, tags: dict[str, str]
     run_checked(argv, config, tags)
 
 
-def _submit(step: Step, config: Any, tags: dict[str, str]) -> None:
+@task(name="dvc-stage", task_run_name="{name}", cache_policy=NO_CACHE, log_prints=True)
+def dvc_stage_task(name: str) -> str:
+    """One data stage through DVC: pulled if computed elsewhere, run if not, then pushed."""
+    from tempstop_pipelines.shared_data import repro_and_push
+
+    action = repro_and_push(name)
+    get_run_logger().info("stage %s through DVC: %s", name, action)
+    return action
+
+
+def _submit(step: Step, config: Any, tags: dict[str, str], through_dvc: bool = False) -> None:
     options: dict[str, Any] = {"retries": step.retries, "retry_delay_seconds": 10} if step.retries else {}
-    run_stage_task.with_options(**options)(step.name, step.argv, config, tags)
+    if through_dvc:
+        dvc_stage_task.with_options(**options)(step.name)
+    else:
+        run_stage_task.with_options(**options)(step.name, step.argv, config, tags)
+
+
+def worker_name() -> str:
+    """The worker running this flow run. A Prefect worker labels the flow run record with its
+    name (``prefect.worker.name``) before the run starts, so the run reads it from the API;
+    a run started without a worker gets this machine's name."""
+    run_id = flow_run.get_id()
+    if run_id:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            labels = client.read_flow_run(run_id).labels or {}
+        if labels.get("prefect.worker.name"):
+            return str(labels["prefect.worker.name"])
+    return f"{socket.gethostname()} (no worker)"
 
 
 def _effective_config(params: str | None, overrides: dict[str, Any]):
@@ -96,6 +132,10 @@ def retrain(
     from tempstop_pipelines.tracking import check_tracking, tracking_uri
 
     check_tracking(cfg)  # an unreachable tracking server fails the flow now, not after training
+    if cfg.tracking.enabled:  # attempts killed with their worker: FAILED in MLflow, CRASHED in Prefect
+        from tempstop_pipelines.recovery import end_dead_runs
+
+        end_dead_runs(cfg, by=str(flow_run.get_id() or "local"))
     logger.info(
         "mode %s, data %s, smoke %s, tracking %s",
         cfg.training.mode,
@@ -106,10 +146,21 @@ def retrain(
     steps = pipeline_steps(
         paths, cfg.training, generate_demo=generate_demo, promote=promote and cfg.tracking.enabled
     )
-    # Groups this run's MLflow runs and registry versions (tag pipeline_run).
-    tags = {"pipeline_run": str(flow_run.get_id() or "local")}
+    from tempstop_pipelines.shared_data import DATA_STAGES, default_remote, dvc_reason, locked_hashes
+
+    no_dvc = dvc_reason(cfg, paths == Paths.from_dvc_yaml(), generate_demo)
+    logger.info("data stages: %s", "through DVC" if no_dvc is None else f"in this process ({no_dvc})")
+    # Groups this run's MLflow runs and registry versions (tag pipeline_run), says who ran them.
+    tags = {"pipeline_run": str(flow_run.get_id() or "local"), "worker": worker_name(),
+            "data_sync": f"dvc remote {default_remote()}" if no_dvc is None else f"none: {no_dvc}"}  # fmt: skip
+    if no_dvc is not None:  # dvc.lock does not describe these data
+        tags.update(dvc_data_hash="n/a", dvc_frames_hash="n/a")
     for step in steps:
-        _submit(step, cfg, tags)
+        through_dvc = no_dvc is None and step.name in DATA_STAGES
+        _submit(step, cfg, tags, through_dvc)
+        if through_dvc and step.name == "extract_frames":
+            hashes = locked_hashes({"dvc_data_hash": paths.data, "dvc_frames_hash": paths.frames})
+            tags.update(hashes)
 
     result: dict[str, Any] = {"mode": cfg.training.mode, "evaluation": _read_json(paths.eval)}
     if promote and cfg.tracking.enabled:

@@ -1,13 +1,20 @@
 """``tempstop promote``: move the registry's ``champion`` alias to a better model version.
 
-The new version (``--version``, default the latest) is compared with the current champion on
+The new version (``--version``; in a Prefect flow, the version this flow run registered,
+found by its ``pipeline_run`` tag; else the latest) is compared with the current champion on
 the validation t2v R@1 recorded on each version at registration (the test split never selects
-models). Strictly better -> it becomes ``champion``; otherwise it is labelled ``challenger`` and
-the champion stays. Both figures are printed either way.
+models). Strictly better -> it becomes ``champion`` and the outgoing champion ``challenger``;
+otherwise it becomes ``challenger`` if it beats the current challenger. So ``challenger`` is
+always the best version that is not champion, whatever order promotions come in.
+
+Read, compare and move happen under one lock (:mod:`..locks`: a Prefect global concurrency
+limit when a Prefect API is configured, a file lock otherwise), so two promotions at once,
+from two machines, are serialised: neither decides on a champion the other has just replaced.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 
 from ..common import add_params_arg, load_params
@@ -53,54 +60,82 @@ def decide(new: float | None, champion: float | None, min_delta: float = 0.0) ->
     return champion is None or new > champion + min_delta
 
 
-def promote(cfg, name: str | None = None, version: str | None = None, min_delta: float = 0.0) -> dict:
-    """Compare and move aliases; returns the decision (also what ``--json`` writes)."""
+def promote(cfg, name: str | None = None, version: str | None = None, min_delta: float = 0.0,
+            pipeline_run: str | None = None) -> dict:  # fmt: skip
+    """Compare and move aliases under the promotion lock; returns the decision (also what
+    ``--json`` writes). ``pipeline_run``: take the newest version carrying that tag."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from ..locks import LockTimeout, hold, lock_name
     from ..tracking import SELECTION_METRIC, TrackingError, tracking_uri
 
     uri = tracking_uri(cfg)
     name = name or cfg.tracking.registered_model
     client = MlflowClient(uri)
     try:
-        if version is None:
-            versions = client.search_model_versions(f"name='{name}'")
-            if not versions:
-                raise TrackingError(f"registered model {name!r} has no versions in {uri}")
-            version = max(versions, key=lambda v: int(v.version)).version
-        version = str(version)
-        new_score = version_score(client, name, version)
-        try:
-            champ = client.get_model_version_by_alias(name, CHAMPION)
-            champ_version, champ_score = str(champ.version), version_score(client, name, champ.version)
-        except MlflowException:
-            champ_version, champ_score = None, None
+        with hold(lock_name("promote", name)) as lock:
+            result = _decide_and_move(client, name, version, min_delta, pipeline_run, uri)
     except MlflowException as exc:
         raise TrackingError(f"cannot read {name!r} from {uri}: {str(exc).splitlines()[0]}") from None
+    except LockTimeout as exc:
+        raise TrackingError(str(exc)) from None
+    return {"model": name, "metric": SELECTION_METRIC, **result, "tracking_uri": uri, "lock": lock}
 
+
+def _candidate(client, name: str, version: str | None, pipeline_run: str | None, uri: str) -> str:
+    from ..tracking import TrackingError
+
+    if version is not None:
+        return str(version)
+    versions = client.search_model_versions(f"name='{name}'")
+    if pipeline_run:
+        versions = [v for v in versions if (v.tags or {}).get("pipeline_run") == pipeline_run]
+    if not versions:
+        which = f" registered by pipeline run {pipeline_run}" if pipeline_run else ""
+        raise TrackingError(f"registered model {name!r} has no versions{which} in {uri}")
+    return str(max(versions, key=lambda v: int(v.version)).version)
+
+
+def _alias(client, name: str, alias: str) -> tuple[str | None, float | None]:
+    """The version holding ``alias`` and its score (None, None without one)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        held = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None, None
+    return str(held.version), version_score(client, name, held.version)
+
+
+def _decide_and_move(client, name: str, version: str | None, min_delta: float, pipeline_run: str | None,
+                     uri: str) -> dict:  # fmt: skip
+    """Read, compare, set: the part that must not interleave with another promotion."""
+    version = _candidate(client, name, version, pipeline_run, uri)
+    new_score = version_score(client, name, version)
+    champ_version, champ_score = _alias(client, name, CHAMPION)
+    chall_version, chall_score = _alias(client, name, CHALLENGER)
     if champ_version == version:
-        action = "already champion"
+        action, champion = "already champion", version
     elif decide(new_score, champ_score, min_delta):
-        client.set_registered_model_alias(name, CHAMPION, version)
-        action = "promoted to champion"
-        if champ_version is not None:
-            # The outgoing champion stays reachable as the runner-up.
-            client.set_registered_model_alias(name, CHALLENGER, champ_version)
+        action, champion = "promoted to champion", version
     else:
-        client.set_registered_model_alias(name, CHALLENGER, version)
-        action = "kept as challenger"
-    return {
-        "model": name,
-        "metric": SELECTION_METRIC,
-        "version": version,
-        "score": new_score,
-        "champion_version": champ_version,
-        "champion_score": champ_score,
-        "action": action,
-        "champion": version if action != "kept as challenger" else champ_version,
-        "tracking_uri": uri,
-    }
+        action, champion = "kept as challenger", champ_version
+    # challenger: the best of the others (on a tie the current challenger stays)
+    scores = {v: s for v, s in ((chall_version, chall_score), (champ_version, champ_score), (version, new_score))
+              if v is not None and v != champion}  # fmt: skip
+    challenger = max(scores, key=lambda v: (-math.inf if scores[v] is None else scores[v], v == chall_version),
+                     default=None)  # fmt: skip
+    if action == "kept as challenger" and challenger != version:
+        action = "not promoted (the challenger scores higher)"
+    if champion != champ_version:
+        client.set_registered_model_alias(name, CHAMPION, champion)
+    if challenger is not None and challenger != chall_version:
+        client.set_registered_model_alias(name, CHALLENGER, challenger)
+    elif challenger is None and chall_version is not None:
+        client.delete_registered_model_alias(name, CHALLENGER)  # the challenger became champion
+    return {"version": version, "score": new_score, "champion_version": champ_version, "champion_score": champ_score,
+            "action": action, "champion": champion, "challenger": challenger}  # fmt: skip
 
 
 def _fmt(score: float | None) -> str:
@@ -116,7 +151,9 @@ def main(args) -> int:
         return 0
     try:
         check_tracking(cfg)
-        result = promote(cfg, args.name, args.version, args.min_delta)
+        # In a flow, the version this flow run registered (its tags are passed as arguments).
+        pipeline_run = None if args.version else (getattr(args, "tags", None) or {}).get("pipeline_run")
+        result = promote(cfg, args.name, args.version, args.min_delta, pipeline_run)
     except TrackingError as exc:
         print(f"tempstop promote: {exc}", file=sys.stderr)
         return 1
@@ -125,7 +162,8 @@ def main(args) -> int:
     print(f"model {result['model']} ({result['tracking_uri']}), metric {metric} (validation)")
     print(f"  candidate  version {result['version']}: {_fmt(result['score'])}")
     print(f"  champion   version {champ if champ else '-'}: {_fmt(result['champion_score'])}")
-    print(f"  -> version {result['version']} {result['action']}")
+    print(f"  -> version {result['version']} {result['action']}; champion {result['champion'] or '-'}, "
+          f"challenger {result['challenger'] or '-'} (lock: {result['lock']})")
     if result["action"] == "promoted to champion":
         from ..events import emit_champion_moved
 

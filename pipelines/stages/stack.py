@@ -4,7 +4,8 @@
     tempstop stack status | env | down                                    # make stack-down
 
 `up` starts what is not running (a second `up` changes nothing) and prints the variables each
-worker needs; `env` prints them again as `export` lines. See pipelines/stack.py for the layout.
+worker needs; `env` prints them again as `export` lines, and how a checkout adds the stack's
+DVC remote folder. See pipelines/stack.py for the layout and docs/fleet.md for a fleet.
 """
 
 from __future__ import annotations
@@ -58,3 +59,6 @@ def _print_env(stack) -> None:
     urls = stack.urls()
     print(f"export MLFLOW_TRACKING_URI={urls['MLFLOW_TRACKING_URI']}")
     print(f"export PREFECT_API_URL={urls['PREFECT_API_URL']}")
+    remote = stack.state().get("dvc_remote")
+    if remote:  # a comment, so that `eval "$(tempstop stack env)"` still works
+        print(f"# the shared DVC remote, once in each checkout: dvc remote add --local --force -d shared {remote}")

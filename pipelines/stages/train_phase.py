@@ -20,6 +20,10 @@ with ``--nproc N``, under torchrun (one run file). Each output folder holds
 ``best_model.pth``, ``history.json`` (empty when the stage trained nothing) and
 ``phase.json`` saying what the stage did. Changing ``training.mode`` changes both stages'
 params, so ``dvc exp run -S training.mode=joint`` retrains and re-evaluates.
+
+With tracking on, a training stage is crash-safe (:mod:`..recovery`): it records each
+checkpoint in its MLflow run, and a later attempt of the same training (a Prefect retry, the
+next schedule, ``dvc repro`` again) ends the dead attempt's run as FAILED and resumes from it.
 """
 
 from __future__ import annotations
@@ -101,7 +105,8 @@ def _pass_through(init: Path, out: Path) -> None:
 def main(args: argparse.Namespace) -> int:
     from tempstop.utils import atomic_write_json
 
-    from ..training import TrainingRun, launch
+    from ..recovery import recoverable
+    from ..training import TrainingRun, error_message, launch, training_errors
 
     cfg = load_params(args)
     t = cfg.training
@@ -135,12 +140,16 @@ def main(args: argparse.Namespace) -> int:
         run = TrainingRun(
             stage_cfg, phases=phases, init_from=source, tags=tags, progress=not args.no_progress
         )
-        rc = launch(run, args.nproc, "tempstop train-phase")
+        # A retry of this very training whose earlier attempt died resumes from its newest checkpoint.
+        try:
+            with recoverable(run) as run:
+                rc = launch(run, args.nproc, "tempstop train-phase")
+        except training_errors() as exc:  # the tracking server, before any training
+            print(f"tempstop train-phase: {error_message(exc)}", file=sys.stderr)
+            return 2
         if rc:
             return rc
     else:
-        from ..training import training_errors
-
         try:
             if action == "initial":
                 _write_initial_model(cfg, out)

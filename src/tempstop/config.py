@@ -310,6 +310,9 @@ class TrackingConfig(_Section):
     experiment: str = "tempstop"
     registered_model: str = "tempstop-unified"
     enabled: bool = True
+    # How long the end of a run waits for an unreachable tracking server to take the records
+    # kept meanwhile (then it warns, naming what was not recorded).
+    flush_timeout_s: float = Field(120.0, ge=0)
 
 
 #: Keys that moved, old spelling -> new (checkpoints and configs written before still load).

@@ -107,7 +107,7 @@ def project(tmp_path, monkeypatch):
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def helpers():
     """The module-level helpers, for tests (test modules do not import conftest)."""
     from types import SimpleNamespace
@@ -194,7 +194,7 @@ def prefect_cli(args: list[str], env: dict, cwd: Path) -> str:
     return proc.stdout
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def prefect_tools():
     """The Prefect process helpers above, for tests."""
     from types import SimpleNamespace
