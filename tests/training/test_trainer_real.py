@@ -250,3 +250,43 @@ def test_the_training_stage_launches_torchrun_with_one_run_file(tiny_stores, tmp
     assert [r["epoch"] for r in history] == [1] and history[0]["step"] == 1  # 8 videos, 2 x 4 per step
     assert json.loads((out / "phase.json").read_text())["train_mode"] == "joint"
     assert load_checkpoint(out / "best_model.pth")["config"]["training"]["checkpoint_dir"] == str(out)
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_match_one_process(tiny_stores, tmp_path):
+    """Two "nodes" on this machine, each a separate ``torchrun --nnodes 2 --node-rank {0,1}``
+    meeting at a c10d rendezvous (gloo, one process each, batch 4 each), end where one
+    process (batch 8) does: the multi-machine launch, with 127.0.0.1 for the head's address.
+    """
+    cache = tmp_path / "cache"
+    lrs = {"tempme_lr": 1e-4, "stop_lr": 1e-4, "backbone_lr": 1e-4, "num_epochs": 2, "save_every": 2}
+    single = UnifiedModelTrainer(tiny_config(tiny_stores, cache, tmp_path / "single", batch_size=8, **lrs),
+                                 device="cpu", progress=False)  # fmt: skip
+    single.train()
+    config = tmp_path / "nodes.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tiny_stores, cache, tmp_path / "nodes", batch_size=4, **lrs).to_dict()))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    endpoint = f"127.0.0.1:{_free_port()}"
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+             "--node-rank", str(rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+             "--rdzv-id", "tempstop-test", str(REPO / "train_unified_model.py"),
+             "--config", str(config), "--device", "cpu", "--no-progress"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    try:
+        logs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    both = load_checkpoint(tmp_path / "nodes" / "checkpoint_epoch_2.pth")
+    mine = single.model.state_dict()
+    assert both["step"] == single.state.step == 2
+    assert _same_weights(mine, both["model"], atol=1e-5) == []
+    history = json.loads((tmp_path / "nodes" / "history.json").read_text())
+    reference = json.loads((tmp_path / "single" / "history.json").read_text())
+    assert [r["train_loss"] for r in history] == pytest.approx([r["train_loss"] for r in reference], rel=1e-4)
