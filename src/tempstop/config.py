@@ -110,6 +110,8 @@ class ExtractConfig(_Section):
     workers: int = Field(2, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     per_segment: bool = False
+    # Videos per shard: one journal and one worker pool each, one task on a Ray cluster.
+    shard_size: int = Field(1000, ge=1)
 
 
 class TempMeConfig(_Section):

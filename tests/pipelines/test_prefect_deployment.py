@@ -30,11 +30,18 @@ def test_prefect_yaml_declares_the_deployments():
     for name, d in deployments.items():
         assert d["work_pool"]["name"] == POOL
         flow = "reindex.py:reindex_flow" if name == "reindex-on-promotion" else "retrain.py:retrain"
+        if name.startswith("train-node-"):
+            flow = "train_node.py:train_node"
         assert d["entrypoint"] == f"pipelines/flows/{flow}"
     trigger = deployments["reindex-on-promotion"]["triggers"][0]
     assert trigger["expect"] == ["tempstop.champion.moved"] and "event.payload.version" in trigger["parameters"]["model"]
     multi = deployments["joint-multi-gpu"]["work_pool"]["job_variables"]["env"]
     assert multi["CUDA_VISIBLE_DEVICES"] == "0,1,2,3" and multi["TEMPSTOP_NPROC"] == "4"
+    nodes = [deployments[f"train-node-{r}"]["work_pool"] for r in (0, 1)]
+    assert [n["work_queue_name"] for n in nodes] == ["node-0", "node-1"]
+    envs = [n["job_variables"]["env"] for n in nodes]
+    assert [e["TEMPSTOP_NODE_RANK"] for e in envs] == ["0", "1"] and {e["TEMPSTOP_NNODES"] for e in envs} == {"2"}
+    assert envs[0]["TEMPSTOP_RDZV_ENDPOINT"] == envs[1]["TEMPSTOP_RDZV_ENDPOINT"]
 
 
 def test_deployment_runs_to_completion_on_a_process_worker(tmp_path, helpers, prefect_tools):

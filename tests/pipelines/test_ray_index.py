@@ -1,10 +1,19 @@
-"""The ``tempstop-index`` flow on a real Ray cluster of two nodes on this machine (head plus a
-second node, ray.cluster_utils.Cluster) through prefect-ray: the same index as the local path
-(same videos, rows and ids, embeddings within 1e-6), and a node lost mid-run still ends with a
-complete, correct index (its shard tasks are retried elsewhere)."""
+"""The ``tempstop-extract`` and ``tempstop-index`` flows on a real Ray cluster of two nodes on
+this machine (head plus a second node, ray.cluster_utils.Cluster) through prefect-ray.
+
+Extraction: the demo splits extracted through Ray equal the local extraction (same items,
+byte-identical frames), and a Ray worker killed while it extracts a shard still ends with a
+complete, identical store (the shard is retried and skips what its journal holds).
+Indexing: the same index as the local path (same videos, rows and ids, embeddings within
+1e-6), and a node lost mid-run still ends with a complete, correct index.
+The extraction test runs first: the indexing test removes the second node.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -18,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'tempstop[ray]')")
 pytest.importorskip("prefect_ray")
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
-from media import make_clip  # noqa: E402
+from media import make_clip, make_split  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +65,78 @@ def cluster():
     yield cluster, second
     ray.shutdown()
     cluster.shutdown()
+
+
+PARAMS = {"extract": {"size": 32, "workers": 1, "shard_size": 3, "timeout_s": 60}, "model": {"frames": 4}}
+
+
+def _store(path: Path) -> tuple[dict, dict[str, bytes]]:
+    """A store's index (without its source) and its arrays' bytes by key."""
+    from tempstop.data.store import read_index
+
+    index = read_index(path)
+    index.pop("source")
+    return index, {it["key"]: (path / it["file"]).read_bytes() for it in index["items"]}
+
+
+def _kill_a_shard_mid_run(out: Path, stop: threading.Event) -> dict:
+    """Find a shard being extracted (its journal, named after it, holds fewer videos than
+    the shard) and SIGKILL the Ray worker writing it (the pid in the journal's first line)."""
+    while not stop.is_set():
+        for journal in sorted(out.glob("*/journal/*.jsonl")):
+            lines = journal.read_text().splitlines()
+            if not lines or len(lines) - 1 >= PARAMS["extract"]["shard_size"]:
+                continue
+            pid = json.loads(lines[0])["pid"]
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            return {"pid": pid, "journal": journal, "videos_done": len(lines) - 1}
+        time.sleep(0.005)
+    return {}
+
+
+def test_ray_extraction_equals_the_local_one_and_survives_a_killed_worker(harness, tiny_demo_root, cluster, tmp_path):
+    from tempstop_pipelines import cli
+    from tempstop_pipelines.flows.extract import run
+
+    head, second = cluster
+    assert len(head.worker_nodes) == 1, "the second node is gone (the extraction test runs first)"
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(PARAMS))
+    big = tmp_path / "big"  # 640x360 clips: a shard takes long enough to be caught mid-run
+    make_split(big / "train", count=12, n=30, height=360, width=640)
+    for data in (tiny_demo_root, big):
+        assert cli.main(["extract", "--data", str(data), "--out", str(tmp_path / "local" / data.name),
+                         "--params", str(params), "--no-progress"]) == 0  # fmt: skip
+
+    through_ray = tmp_path / "ray"
+    summaries = run(head.address, data=str(tiny_demo_root), out=str(through_ray), params=str(params))
+    assert sorted(summaries) == ["test", "train", "val"]
+    for split, s in summaries.items():
+        assert (s["videos"], s["done"], s["failed"], s["shards"]) == (8, 8, 0, 3), split
+        assert _store(through_ray / split) == _store(tmp_path / "local" / tiny_demo_root.name / split)
+
+    killed_out, result, stop = tmp_path / "killed", {}, threading.Event()
+    thread = threading.Thread(target=lambda: result.update(run(head.address, data=str(big), out=str(killed_out),
+                                                               params=str(params))))  # fmt: skip
+    thread.start()
+    killed = _kill_a_shard_mid_run(killed_out, stop)
+    thread.join(timeout=600)
+    stop.set()
+    assert killed, "no shard was caught mid-run"
+    assert killed["videos_done"] < PARAMS["extract"]["shard_size"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed["pid"], 0)  # that Ray worker is gone
+    s = result["train"]
+    assert (s["videos"], s["done"], s["failed"], s["items"]) == (12, 12, 0, 12)
+    assert _store(killed_out / "train") == _store(tmp_path / "local" / "big" / "train")
+    # The killed shard was finished by another attempt, in the same journal.
+    assert len(killed["journal"].read_text().splitlines()) - 1 == PARAMS["extract"]["shard_size"]
+    assert not list(killed_out.rglob("*.tmp"))
 
 
 def _vectors(out: Path) -> tuple[list[str], np.ndarray]:

@@ -132,8 +132,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Two epochs of one step each, small learning rates (see test_ddp_two_processes_match_one_process).
+DDP_LRS = {"tempme_lr": 1e-4, "stop_lr": 1e-4, "backbone_lr": 1e-4, "num_epochs": 2, "save_every": 2}
+
+
+@pytest.fixture(scope="module")
+def single_process(tiny_stores, tmp_path_factory):
+    """One process trained on the global batch (8): what every distributed launch must match."""
+    tmp = tmp_path_factory.mktemp("single")
+    cfg = tiny_config(tiny_stores, tmp / "cache", tmp / "single", batch_size=8, **DDP_LRS)
+    trainer = UnifiedModelTrainer(cfg, device="cpu", progress=False)
+    trainer.train()
+    return trainer, cfg, tmp / "single"
+
+
 @pytest.mark.slow
-def test_ddp_two_processes_match_one_process(tiny_stores, tmp_path):
+def test_ddp_two_processes_match_one_process(tiny_stores, single_process, tmp_path):
     """Two gloo processes under torchrun (batch 4 each) end where one process (batch 8) does.
 
     Two epochs of one step each. Adam turns float noise in near-zero gradients into lr-sized
@@ -141,11 +155,8 @@ def test_ddp_two_processes_match_one_process(tiny_stores, tmp_path):
     compares the gradients themselves.
     """
     cache = tmp_path / "cache"
-    lrs = {"tempme_lr": 1e-4, "stop_lr": 1e-4, "backbone_lr": 1e-4, "num_epochs": 2, "save_every": 2}
-    single_cfg = tiny_config(tiny_stores, cache, tmp_path / "single", batch_size=8, **lrs)
-    single = UnifiedModelTrainer(single_cfg, device="cpu", progress=False)
-    single.train()
-    ddp_cfg = tiny_config(tiny_stores, cache, tmp_path / "ddp", batch_size=4, **lrs)
+    single, single_cfg, single_out = single_process
+    ddp_cfg = tiny_config(tiny_stores, cache, tmp_path / "ddp", batch_size=4, **DDP_LRS)
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump(ddp_cfg.to_dict()))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -165,7 +176,7 @@ def test_ddp_two_processes_match_one_process(tiny_stores, tmp_path):
     init = create_unified_model(single_cfg).state_dict()
     assert max(float((init[k] - v).abs().max()) for k, v in mine.items()) > 5e-5
     # Same losses and gradient norms (a wrong gradient scale would show here); only rank 0 wrote.
-    h1 = json.loads((tmp_path / "single" / "history.json").read_text())
+    h1 = json.loads((single_out / "history.json").read_text())
     h2 = json.loads((tmp_path / "ddp" / "history.json").read_text())
     assert len(h2) == 2
     for a, b in zip(h1, h2, strict=True):
@@ -250,3 +261,40 @@ def test_the_training_stage_launches_torchrun_with_one_run_file(tiny_stores, tmp
     assert [r["epoch"] for r in history] == [1] and history[0]["step"] == 1  # 8 videos, 2 x 4 per step
     assert json.loads((out / "phase.json").read_text())["train_mode"] == "joint"
     assert load_checkpoint(out / "best_model.pth")["config"]["training"]["checkpoint_dir"] == str(out)
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_match_one_process(tiny_stores, single_process, tmp_path):
+    """Two "nodes" on this machine, each a separate ``torchrun --nnodes 2 --node-rank {0,1}
+    --rdzv-backend c10d`` meeting at a rendezvous on 127.0.0.1 (gloo, one process each, batch 4
+    each), end where one process (batch 8) does: the multi-machine launch of
+    tempstop-train-node, with this machine as both hosts.
+    """
+    cache = tmp_path / "cache"
+    single, _, single_out = single_process
+    config = tmp_path / "nodes.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tiny_stores, cache, tmp_path / "nodes", batch_size=4, **DDP_LRS).to_dict()))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    endpoint = f"127.0.0.1:{_free_port()}"
+    # The command the tempstop-train-node flow (prefect.yaml's train-node-* deployments) runs.
+    from tempstop_pipelines.flows.train_node import node_command
+
+    extra = ("--device", "cpu", "--no-progress")
+    nodes = [
+        subprocess.Popen(node_command(str(config), 2, rank, endpoint, 1, "tempstop-test", extra), cwd=tmp_path,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        for rank in (0, 1)
+    ]
+    try:
+        logs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    both = load_checkpoint(tmp_path / "nodes" / "checkpoint_epoch_2.pth")
+    mine = single.model.state_dict()
+    assert both["step"] == single.state.step == 2
+    assert _same_weights(mine, both["model"], atol=1e-5) == []
+    history = json.loads((tmp_path / "nodes" / "history.json").read_text())
+    reference = json.loads((single_out / "history.json").read_text())
+    assert [r["train_loss"] for r in history] == pytest.approx([r["train_loss"] for r in reference], rel=1e-4)

@@ -8,8 +8,14 @@ while converting YUV to RGB, ~40 % cheaper than converting full HD frames), with
 fallback. With ``per_segment`` a video with timestamps gives one item per caption segment,
 all decoded in the same pass.
 
-Resuming: after each video the parent appends a line to ``<store>/journal.jsonl`` (the video,
-its file size and mtime, and ``num_valid`` of its items). A later run skips a video whose
+A split is extracted in three steps that take and give paths and small dicts, never arrays,
+so they run the same way in this process and as tasks on a cluster
+(``tempstop_pipelines.flows.extract``): :func:`plan_split` (what is left to do, cut into
+shards of ``shard_size`` videos), :func:`extract_shard` (one shard, in worker processes) and
+:func:`finish_split` (the index). :func:`extract_split` runs them one after the other.
+
+Resuming: each shard appends a line per finished video to its journal
+(:mod:`tempstop.data.extract_jobs`). A later run, or a retry of the shard, skips a video whose
 journal line matches the current file and whose arrays all exist; anything else is redone.
 Arrays and ``index.json`` are written atomically, and the index only at the end, so a store
 with an index is always complete and an interrupted run leaves nothing half-written.
@@ -21,184 +27,222 @@ import hashlib
 import json
 import logging
 import os
-import re
-import stat
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from tempstop.data.annotations import VideoRecord, read_annotations, read_raw, record_from_json, split_paths
+from tempstop.data.extract_jobs import (
+    JOURNAL_DIR,
+    ExtractError,
+    Journal,
+    extract_video,
+    finished,
+    journal_files,
+    load_journals,
+    make_key,
+    plan_jobs,
+    stamp,
+)
 from tempstop.data.store import (
     INDEX_FILE,
     STORE_VERSION,
     StoreError,
-    array_relpath,
     is_store,
     read_index,
     remove_stale_temporaries,
-    save_array,
     write_index,
 )
 
 if TYPE_CHECKING:  # worker processes import this module: keep pydantic out of their start-up
     from tempstop.config import ExtractConfig, ValidateConfig
 
+__all__ = ["ExtractError", "SplitPlan", "ensure_store", "extract_shard", "extract_split", "extract_video",
+           "finish_split", "make_key", "plan_jobs", "plan_split"]  # fmt: skip
+
 log = logging.getLogger(__name__)
 
-JOURNAL_FILE = "journal.jsonl"
 #: Annotation problems named in the error that refuses a split (all are in the exception's count).
 MAX_LISTED = 20
 # Imported once by the worker pool's fork server rather than by every worker.
 _WORKER_PRELOAD = ("numpy", "decord", "PIL.Image", "tempstop.data.video")
 
 
-class ExtractError(RuntimeError):
-    """Extraction cannot start (bad split, incompatible existing store)."""
+# ---- plan -----------------------------------------------------------------------------
+@dataclass
+class SplitPlan:
+    """What :func:`plan_split` found: every planned video (``jobs``, annotation order), the
+    items earlier runs finished (``finished``: key -> num_valid), the videos refused
+    (``failed``), and ``shards`` of the videos left to do (``{"id", "jobs"}``; a job holds
+    absolute paths, its file ``stamp`` and the settings, all a worker needs)."""
+
+    split_dir: str
+    store: str
+    annotations: str
+    datatype: str | None
+    settings: dict
+    videos: int
+    jobs: list[dict]
+    failed: list[dict]
+    finished: dict[str, int]
+    shards: list[dict]
+    started: float = field(default_factory=time.perf_counter)  # clock of the planning process
+    planned: float = field(default_factory=time.perf_counter)  # planning done, extraction starts
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
-# ---- planning -------------------------------------------------------------------------
-def make_key(video_id: str) -> str:
-    """A file-name-safe, collision-free key for a video id (ids stay readable when safe)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", video_id).strip("._") or "video"
-    if safe == video_id and len(safe) <= 100:
-        return safe
-    # Sanitising can map two ids to one name ("a b", "a_b"): a short hash of the id keeps them apart.
-    return f"{safe[:80]}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
+def plan_split(
+    split_dir: str | Path,
+    out_dir: str | Path,
+    cfg: ExtractConfig,
+    frames: int,
+    *,
+    shard_size: int = 1000,
+    datatype: str | None = None,
+    annotations: str | Path | None = None,
+    checks: ValidateConfig | None = None,
+) -> SplitPlan:
+    """Read the split, check it (``checks``: see :func:`extract_split`), find what earlier
+    runs finished and cut the rest into shards of ``shard_size`` videos. A shard's id is a
+    hash of its videos (file, size, mtime) and the settings."""
+    from tempstop.data.video import VideoError, safe_video_path
 
+    t0 = time.perf_counter()
+    split_dir, store = Path(os.path.abspath(split_dir)), Path(os.path.abspath(out_dir))
+    ann_path = Path(annotations) if annotations else split_paths(split_dir)[0]
+    if checks is not None:
+        _refuse_invalid(split_dir, ann_path, checks)
+    records = _read_records(split_dir, ann_path)
+    jobs, failed = plan_jobs(records, cfg.per_segment)
+    settings = {"frames": frames, "size": cfg.size, "per_segment": cfg.per_segment}
+    store.mkdir(parents=True, exist_ok=True)
+    indexed = _indexed(store, settings)
+    entries = load_journals(journal_files(store), settings)
+    remove_stale_temporaries(store)  # from a run that was killed mid-write
 
-def plan_jobs(records: list[VideoRecord], per_segment: bool) -> tuple[list[dict], list[dict]]:
-    """One job per video (the file to decode and the store items it yields), and rejects.
-
-    A repeated video id is rejected (its keys would collide); the first occurrence is kept.
-    """
-    jobs: list[dict] = []
-    rejects: list[dict] = []
-    ids: set[str] = set()
-    seen: set[str] = set()  # store keys in use
-    for rec in records:
-        key = make_key(rec.video_id)
-        if rec.video_id in ids:
-            rejects.append({"video_id": rec.video_id, "file": rec.video, "reason": "duplicate video_id"})
+    todo, done = [], {}
+    for job in jobs:
+        try:
+            path = safe_video_path(split_dir, job["video"])
+            job["stamp"] = stamp(path)
+        except (VideoError, OSError) as exc:
+            failed.append({"video_id": job["video_id"], "file": job["video"], "reason": str(exc)})
             continue
-        if per_segment and rec.timestamps:
-            items = [
-                {"key": f"{key}__{k}", "captions": [cap], "segment": [float(s), float(e)]}
-                for k, (cap, (s, e)) in enumerate(zip(rec.captions, rec.timestamps, strict=True))
-            ]
-        else:
-            items = [{"key": key, "captions": list(rec.captions), "segment": None}]
-        keys = {key} | {it["key"] for it in items}
-        if keys & seen:  # e.g. video "a__0" against segment 0 of video "a"
-            reason = f"store key {sorted(keys & seen)[0]!r} is taken by another video"
-            rejects.append({"video_id": rec.video_id, "file": rec.video, "reason": reason})
+        previous = finished(job, entries, indexed, store)
+        if previous is not None:
+            done.update(previous)
             continue
-        seen |= keys
-        ids.add(rec.video_id)
-        for item in items:
-            item.update(video_id=rec.video_id, file=array_relpath(item["key"]))
-        jobs.append({"video_id": rec.video_id, "video": rec.video, "items": items})
-    return jobs, rejects
+        todo.append(dict(job, path=str(path), store=str(store), **settings, threads=1))
+    shards = [_shard(todo[i : i + shard_size], settings) for i in range(0, len(todo), max(1, shard_size))]
+    return SplitPlan(str(split_dir), str(store), str(ann_path), datatype, settings, len(records),
+                     jobs, failed, done, shards, t0, time.perf_counter())  # fmt: skip
 
 
-# ---- the worker -----------------------------------------------------------------------
-def extract_video(job: dict) -> dict:
-    """Decode, sample, resize and save one video's items (runs in a worker process).
-
-    ``job``: ``path`` (video file), ``store`` (store folder), ``frames``, ``size``, ``threads``,
-    ``items`` (``key``, ``segment``). Returns ``{"num_valid": {key: n}}``. Sampling and
-    resizing: :func:`tempstop.data.video.sample_clip`; a clip shorter than ``frames`` is
-    zero-padded.
-    """
-    from tempstop.data.video import sample_clip
-
-    t, s = job["frames"], job["size"]
-    segments = [None if it["segment"] is None else tuple(it["segment"]) for it in job["items"]]
-    clip = sample_clip(job["path"], t, s, segments, job.get("threads", 1))
-    num_valid = {}
-    for item, frames in zip(job["items"], clip.frames, strict=True):
-        num_valid[item["key"]] = len(frames)
-        if len(frames) < t:
-            padded = np.zeros((t, s, s, 3), dtype=np.uint8)  # zero padding past num_valid
-            padded[: len(frames)] = frames
-            frames = padded
-        save_array(Path(job["store"]) / array_relpath(item["key"]), frames)
-    return {"num_valid": num_valid}
+def _shard(jobs: list[dict], settings: dict) -> dict:
+    key = json.dumps([settings, [(j["video_id"], j["video"], j["stamp"]) for j in jobs]]).encode()
+    return {"id": hashlib.sha1(key).hexdigest()[:16], "jobs": jobs}
 
 
-# ---- the journal ----------------------------------------------------------------------
-def _stamp(path: Path) -> list[int]:
-    """(size, mtime) of a video: a changed file is extracted again on resume."""
-    from tempstop.data.video import VideoError
-
+def _indexed(store: Path, want: dict) -> dict[str, int]:
+    """``num_valid`` by key from an existing index (trusted only without journals, e.g. a
+    copied store); :class:`ExtractError` when it was made with other settings."""
+    if not is_store(store):
+        return {}
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        st = None
-    if st is None or not stat.S_ISREG(st.st_mode):
-        raise VideoError(f"{path}: file not found")
-    return [st.st_size, st.st_mtime_ns]
+        index = read_index(store)
+    except StoreError as exc:  # a corrupt index is rebuilt, not trusted
+        log.warning("ignoring existing index: %s", exc)
+        return {}
+    have = {"frames": index["frames"], "size": index["size"], "per_segment": index.get("per_segment", want["per_segment"])}
+    if have != want:
+        raise ExtractError(f"{store}: holds a store made with {have}, not {want}; use another --out")
+    return {it["key"]: it["num_valid"] for it in index["items"]}
 
 
-def _settings(cfg: ExtractConfig, frames: int) -> dict:
-    return {"frames": frames, "size": cfg.size, "per_segment": cfg.per_segment}
+# ---- one shard --------------------------------------------------------------------------
+def extract_shard(
+    shard: dict, workers: int = 1, timeout_s: float | None = 120.0, *, progress: bool = False, desc: str = ""
+) -> dict:
+    """Extract one shard's videos in ``workers`` processes (0: in this process, no timeout),
+    each recorded in the shard's journal as it finishes; a video already there (an earlier
+    attempt of this shard) is skipped. Returns ``{"id", "done", "num_valid": {key: n},
+    "failed": [{"video_id", "file", "reason"}]}``."""
+    from tempstop.data.workers import map_with_timeout
+
+    jobs = shard["jobs"]
+    if not jobs:
+        return {"id": shard["id"], "done": 0, "num_valid": {}, "failed": []}
+    store = Path(jobs[0]["store"])
+    settings = {k: jobs[0][k] for k in ("frames", "size", "per_segment")}
+    path = store / JOURNAL_DIR / f"{shard['id']}.jsonl"
+    entries = load_journals([path] if path.is_file() else [], settings)
+    num_valid: dict[str, int] = {}
+    todo = []
+    for job in jobs:
+        previous = finished(job, entries, {}, store) if entries else None
+        num_valid.update(previous or {})
+        if previous is None:
+            todo.append(job)
+    failed = []
+    with Journal(path, settings) as journal:
+        results = map_with_timeout(extract_video, todo, workers, timeout_s, desc or f"extract shard {shard['id'][:8]}",
+                                   progress=progress, preload=_WORKER_PRELOAD, unit="video")  # fmt: skip
+        for job, result in results:
+            if isinstance(result, Exception):
+                reason = str(result).removeprefix("VideoError: ")
+                failed.append({"video_id": job["video_id"], "file": job["video"], "reason": reason})
+                continue
+            journal.add({k: job[k] for k in ("video_id", "video", "stamp")} | {"num_valid": result["num_valid"]})
+            num_valid.update(result["num_valid"])
+    return {"id": shard["id"], "done": len(jobs) - len(failed), "num_valid": num_valid, "failed": failed}
 
 
-def _load_done(store: Path, want: dict) -> tuple[dict[str, dict], dict[str, int]]:
-    """What earlier runs finished: journal entries by video id, and ``num_valid`` by key
-    from an existing index (trusted only when there is no journal, e.g. a copied store).
-
-    Raises :class:`ExtractError` when the folder holds a store made with other settings
-    (``want``: frames, size, per_segment).
-    """
-    indexed: dict[str, int] = {}
-    if is_store(store):
-        try:
-            index = read_index(store)
-        except StoreError as exc:  # a corrupt index is rebuilt, not trusted
-            log.warning("ignoring existing index: %s", exc)
-            index = None
-        if index is not None:
-            have = {"frames": index["frames"], "size": index["size"]}
-            have["per_segment"] = index.get("per_segment", want["per_segment"])
-            if have != want:
-                raise ExtractError(f"{store}: holds a store made with {have}, not {want}; use another --out")
-            indexed = {it["key"]: it["num_valid"] for it in index["items"]}
-    journal = store / JOURNAL_FILE
-    if not journal.is_file():
-        return {}, indexed
-    entries: dict[str, dict] = {}
-    for n, line in enumerate(journal.read_text(encoding="utf-8").splitlines()):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash: that video is simply redone
-        if n == 0:
-            if entry.get("settings") != want:
-                raise ExtractError(
-                    f"{journal}: extraction was started with {entry.get('settings')}, not {want}; "
-                    "use another --out"
-                )
-            continue
-        entries[entry["video_id"]] = entry  # later lines (re-extractions) win
-    return entries, {}
-
-
-def _finished(
-    job: dict, entries: dict[str, dict], indexed: dict[str, int], stamp: list[int], store: Path
-) -> dict | None:
-    """``num_valid`` by key if every item of ``job`` is already extracted, else ``None``."""
-    entry = entries.get(job["video_id"])
-    if entry is not None:
-        if entry.get("stamp") != stamp or entry.get("video") != job["video"]:
-            return None  # the video file changed since: redo
-        have = entry.get("num_valid", {})
-    else:
-        have = indexed
-    if all(it["key"] in have and (store / it["file"]).is_file() for it in job["items"]):
-        return {it["key"]: have[it["key"]] for it in job["items"]}
-    return None
+# ---- finish -----------------------------------------------------------------------------
+def finish_split(plan: SplitPlan | dict, results: list[dict]) -> dict:
+    """Write the index of ``plan``'s store from its shards' ``results`` (any order); returns
+    the summary of :func:`extract_split`. Items are in annotation order."""
+    plan = plan if isinstance(plan, SplitPlan) else SplitPlan(**plan)
+    store = Path(plan.store)
+    by_id = {r["id"]: r for r in results}
+    missing = [s["id"] for s in plan.shards if s["id"] not in by_id]
+    if missing:
+        raise ExtractError(f"{store}: shard(s) {', '.join(missing)} have no result; the index is not written")
+    done = dict(plan.finished)
+    failed = list(plan.failed)
+    for shard in plan.shards:
+        done.update(by_id[shard["id"]]["num_valid"])
+        failed += by_id[shard["id"]]["failed"]
+    remove_stale_temporaries(store)  # left by a worker that died mid-write
+    items = [dict(it, num_valid=done[it["key"]]) for job in plan.jobs for it in job["items"] if it["key"] in done]
+    index = {
+        "version": STORE_VERSION,
+        **plan.settings,
+        "source": str(Path(plan.split_dir).resolve()),
+        "annotations_sha1": _sha1(Path(plan.annotations)),
+        "datatype": plan.datatype,
+        "items": [_ordered(it) for it in items],
+        "failed": failed,
+    }
+    write_index(store, index)
+    now = time.perf_counter()
+    seconds, work_s = now - plan.started, now - plan.planned
+    n_done = sum(by_id[s["id"]]["done"] for s in plan.shards)
+    todo = sum(len(s["jobs"]) for s in plan.shards)
+    return {
+        "store": str(store),
+        "videos": plan.videos,
+        "done": n_done,
+        "skipped": plan.videos - todo - (len(plan.failed)),
+        "failed": len(failed),
+        "failures": failed,
+        "items": len(items),
+        "shards": len(plan.shards),
+        "seconds": round(seconds, 3),
+        "videos_per_s": round(n_done / work_s, 2) if n_done and work_s > 0 else 0.0,
+    }
 
 
 # ---- the split ------------------------------------------------------------------------
@@ -213,99 +257,32 @@ def extract_split(
     datatype: str | None = None,
     annotations: str | Path | None = None,
     checks: ValidateConfig | None = None,
+    shard_size: int | None = None,
 ) -> dict:
     """Extract every video of ``split_dir`` into the frame store ``out_dir``; resumable.
 
     ``frames`` per video (``model.frames``). ``workers`` overrides ``cfg.workers`` (0 runs in
-    this process, without timeouts); ``annotations`` reads another annotation file (e.g. a
-    cleaned one written by ``tempstop validate --drop-invalid``) instead of
-    ``<split>/annotations.json``. With ``checks``, the annotations first pass the annotation
-    checks of ``tempstop validate`` (:func:`tempstop.data.validate.check_annotations`): an
-    error refuses the split with :class:`ExtractError` naming every problem.
-    Returns a summary: ``videos, done, skipped, failed, failures, items, seconds,
+    this process, without timeouts); ``shard_size`` overrides ``cfg.shard_size``;
+    ``annotations`` reads another annotation file (e.g. a cleaned one written by ``tempstop
+    validate --drop-invalid``) instead of ``<split>/annotations.json``. With ``checks``, the
+    annotations first pass the annotation checks of ``tempstop validate``
+    (:func:`tempstop.data.validate.check_annotations`): an error refuses the split with
+    :class:`ExtractError` naming every problem. :func:`plan_split`, then
+    :func:`extract_shard` for each shard here, then :func:`finish_split`.
+    Returns a summary: ``videos, done, skipped, failed, failures, items, shards, seconds,
     videos_per_s, store``; ``failures`` lists each video that failed (``video_id, file,
     reason``).
     """
-    from tempstop.data.video import VideoError, safe_video_path
-    from tempstop.data.workers import map_with_timeout
-
-    t0 = time.perf_counter()
-    split_dir, store = Path(split_dir), Path(out_dir)
-    ann_path = Path(annotations) if annotations else split_paths(split_dir)[0]
-    if checks is not None:
-        _refuse_invalid(split_dir, ann_path, checks)
-    records = _read_records(split_dir, ann_path)
-    jobs, failed = plan_jobs(records, cfg.per_segment)
-    settings = _settings(cfg, frames)
-    store.mkdir(parents=True, exist_ok=True)
-    entries, indexed = _load_done(store, settings)
-    remove_stale_temporaries(store)  # from a run that was killed mid-write
-
-    todo: list[dict] = []
-    finished: dict[str, int] = {}  # key -> num_valid
-    for job in jobs:
-        try:
-            path = safe_video_path(split_dir, job["video"])
-            stamp = _stamp(path)
-        except (VideoError, OSError) as exc:
-            failed.append({"video_id": job["video_id"], "file": job["video"], "reason": str(exc)})
-            continue
-        previous = _finished(job, entries, indexed, stamp, store)
-        if previous is not None:
-            finished.update(previous)
-            continue
-        # Absolute paths: workers fork from a server that keeps the working folder it started in.
-        where = {"path": os.path.abspath(path), "store": os.path.abspath(store)}
-        todo.append(dict(job, **where, stamp=stamp, **settings, threads=1))
-    skipped = len(records) - len(todo) - len(failed)
-
+    plan = plan_split(split_dir, out_dir, cfg, frames, shard_size=shard_size or cfg.shard_size, datatype=datatype,
+                      annotations=annotations, checks=checks)  # fmt: skip
     n_workers = cfg.workers if workers is None else workers
-    n_done = 0
-    t_work = time.perf_counter()
-    with _Journal(store / JOURNAL_FILE, settings) as journal:
-        results = map_with_timeout(
-            extract_video, todo, n_workers, cfg.timeout_s, f"extract {split_dir.name}",
-            progress=progress, preload=_WORKER_PRELOAD, unit="video",
-        )  # fmt: skip
-        for job, result in results:
-            if isinstance(result, Exception):
-                reason = str(result).removeprefix("VideoError: ")
-                failed.append({"video_id": job["video_id"], "file": job["video"], "reason": reason})
-                continue
-            done = {k: job[k] for k in ("video_id", "video", "stamp")}
-            journal.add(dict(done, num_valid=result["num_valid"]))
-            finished.update(result["num_valid"])
-            n_done += 1
-    work_s = time.perf_counter() - t_work
-
-    items = [
-        dict(it, num_valid=finished[it["key"]])
-        for job in jobs
-        for it in job["items"]
-        if it["key"] in finished
-    ]
-    index = {
-        "version": STORE_VERSION,
-        **{k: settings[k] for k in ("frames", "size", "per_segment")},
-        "source": str(split_dir.resolve()),
-        "annotations_sha1": _sha1(ann_path),
-        "datatype": datatype,
-        "items": [_ordered(it) for it in items],
-        "failed": failed,
-    }
-    write_index(store, index)
-    seconds = time.perf_counter() - t0
-    return {
-        "store": str(store),
-        "videos": len(records),
-        "done": n_done,
-        "skipped": skipped,
-        "failed": len(failed),
-        "failures": failed,
-        "items": len(items),
-        "seconds": round(seconds, 3),
-        "videos_per_s": round(n_done / work_s, 2) if n_done and work_s > 0 else 0.0,
-    }
+    name = Path(plan.split_dir).name
+    results = [
+        extract_shard(shard, n_workers, cfg.timeout_s, progress=progress,
+                      desc=f"extract {name}" + (f" [{i + 1}/{len(plan.shards)}]" if len(plan.shards) > 1 else ""))
+        for i, shard in enumerate(plan.shards)
+    ]  # fmt: skip
+    return finish_split(plan, results)
 
 
 def _refuse_invalid(split_dir: Path, ann_path: Path, checks: ValidateConfig) -> None:
@@ -339,27 +316,6 @@ def _ordered(item: dict) -> dict:
 
 def _sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
-
-
-class _Journal:
-    """Append-only record of finished videos; one JSON line each, flushed at once."""
-
-    def __init__(self, path: Path, settings: dict) -> None:
-        self.path, self.settings = path, settings
-
-    def __enter__(self) -> _Journal:
-        new = not self.path.is_file() or self.path.stat().st_size == 0
-        self.fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in __exit__)
-        if new:
-            self.add({"settings": self.settings})
-        return self
-
-    def add(self, entry: dict) -> None:
-        self.fh.write(json.dumps(entry) + "\n")
-        self.fh.flush()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.fh.close()
 
 
 # ---- raw split or store ---------------------------------------------------------------

@@ -1,0 +1,189 @@
+"""Per-video extraction jobs and the journal of finished videos.
+
+A job is one video: the file to decode and the store items it yields (:func:`plan_jobs`);
+:func:`extract_video` runs it in a worker process. Finished videos are recorded in journals,
+``<store>/journal/<shard>.jsonl``: one file per shard, so shards extracted at the same time
+on several machines never write to the same file. The first line of a journal holds the
+settings (and the writing host and process, for whoever inspects a run); each further line a
+finished video (its id, file, ``stamp`` = size and mtime, ``num_valid`` by item key).
+``<store>/journal.jsonl`` of stores written before shards is read as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tempstop.data.annotations import VideoRecord
+from tempstop.data.store import array_relpath, save_array
+
+JOURNAL_FILE = "journal.jsonl"  # single journal of earlier versions (read, never written)
+JOURNAL_DIR = "journal"
+
+
+class ExtractError(RuntimeError):
+    """Extraction cannot start (bad split, incompatible existing store)."""
+
+
+# ---- planning -------------------------------------------------------------------------
+def make_key(video_id: str) -> str:
+    """A file-name-safe, collision-free key for a video id (ids stay readable when safe)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", video_id).strip("._") or "video"
+    if safe == video_id and len(safe) <= 100:
+        return safe
+    # Sanitising can map two ids to one name ("a b", "a_b"): a short hash of the id keeps them apart.
+    return f"{safe[:80]}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
+
+
+def plan_jobs(records: list[VideoRecord], per_segment: bool) -> tuple[list[dict], list[dict]]:
+    """One job per video (the file to decode and the store items it yields), and rejects.
+
+    A repeated video id is rejected (its keys would collide); the first occurrence is kept.
+    """
+    jobs: list[dict] = []
+    rejects: list[dict] = []
+    ids: set[str] = set()
+    seen: set[str] = set()  # store keys in use
+    for rec in records:
+        key = make_key(rec.video_id)
+        if rec.video_id in ids:
+            rejects.append({"video_id": rec.video_id, "file": rec.video, "reason": "duplicate video_id"})
+            continue
+        if per_segment and rec.timestamps:
+            items = [
+                {"key": f"{key}__{k}", "captions": [cap], "segment": [float(s), float(e)]}
+                for k, (cap, (s, e)) in enumerate(zip(rec.captions, rec.timestamps, strict=True))
+            ]
+        else:
+            items = [{"key": key, "captions": list(rec.captions), "segment": None}]
+        keys = {key} | {it["key"] for it in items}
+        if keys & seen:  # e.g. video "a__0" against segment 0 of video "a"
+            reason = f"store key {sorted(keys & seen)[0]!r} is taken by another video"
+            rejects.append({"video_id": rec.video_id, "file": rec.video, "reason": reason})
+            continue
+        seen |= keys
+        ids.add(rec.video_id)
+        for item in items:
+            item.update(video_id=rec.video_id, file=array_relpath(item["key"]))
+        jobs.append({"video_id": rec.video_id, "video": rec.video, "items": items})
+    return jobs, rejects
+
+
+# ---- the worker -----------------------------------------------------------------------
+def extract_video(job: dict) -> dict:
+    """Decode, sample, resize and save one video's items (runs in a worker process).
+
+    ``job``: ``path`` (video file), ``store`` (store folder), ``frames``, ``size``, ``threads``,
+    ``items`` (``key``, ``segment``). Returns ``{"num_valid": {key: n}}``. Sampling and
+    resizing: :func:`tempstop.data.video.sample_clip`; a clip shorter than ``frames`` is
+    zero-padded.
+    """
+    from tempstop.data.video import sample_clip
+
+    t, s = job["frames"], job["size"]
+    segments = [None if it["segment"] is None else tuple(it["segment"]) for it in job["items"]]
+    clip = sample_clip(job["path"], t, s, segments, job.get("threads", 1))
+    num_valid = {}
+    for item, frames in zip(job["items"], clip.frames, strict=True):
+        num_valid[item["key"]] = len(frames)
+        if len(frames) < t:
+            padded = np.zeros((t, s, s, 3), dtype=np.uint8)  # zero padding past num_valid
+            padded[: len(frames)] = frames
+            frames = padded
+        save_array(Path(job["store"]) / array_relpath(item["key"]), frames)
+    return {"num_valid": num_valid}
+
+
+# ---- the journal ----------------------------------------------------------------------
+def stamp(path: Path) -> list[int]:
+    """(size, mtime) of a video: a changed file is extracted again on resume."""
+    from tempstop.data.video import VideoError
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise VideoError(f"{path}: file not found")
+    return [st.st_size, st.st_mtime_ns]
+
+
+def journal_files(store: Path) -> list[Path]:
+    """Every journal of ``store``: the single file of earlier versions first, then by shard."""
+    old = [store / JOURNAL_FILE] if (store / JOURNAL_FILE).is_file() else []
+    return old + sorted((store / JOURNAL_DIR).glob("*.jsonl"))
+
+
+def read_journal(path: Path, want: dict) -> list[dict]:
+    """The finished-video lines of one journal, in order; raises :class:`ExtractError` when
+    it was started with other settings than ``want``. A line cut short by a crash is skipped
+    (that video is simply redone)."""
+    entries = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if n == 0:
+            if entry.get("settings") != want:
+                raise ExtractError(
+                    f"{path}: extraction was started with {entry.get('settings')}, not {want}; use another --out"
+                )
+            continue
+        entries.append(entry)
+    return entries
+
+
+def load_journals(files: list[Path], want: dict) -> dict[str, list[dict]]:
+    """Journal entries by video id, oldest first (a re-extraction appends a newer one)."""
+    entries: dict[str, list[dict]] = {}
+    for path in files:
+        for entry in read_journal(path, want):
+            entries.setdefault(entry["video_id"], []).append(entry)
+    return entries
+
+
+def finished(job: dict, entries: dict[str, list[dict]], indexed: dict[str, int], store: Path) -> dict | None:
+    """``num_valid`` by key if every item of ``job`` (with its ``stamp``) is already extracted:
+    the newest journal entry for this very file (same name, size and mtime), or, for a store
+    without journals, its index (``indexed``). ``None`` when anything must be redone."""
+    same = [e for e in entries.get(job["video_id"], []) if e.get("stamp") == job["stamp"] and e.get("video") == job["video"]]
+    if same:
+        have = same[-1].get("num_valid", {})
+    elif not entries:
+        have = indexed
+    else:
+        return None  # journalled, but for another file (it changed since): redo
+    if all(it["key"] in have and (store / it["file"]).is_file() for it in job["items"]):
+        return {it["key"]: have[it["key"]] for it in job["items"]}
+    return None
+
+
+class Journal:
+    """Append-only record of one shard's finished videos; one JSON line each, flushed at once."""
+
+    def __init__(self, path: Path, settings: dict) -> None:
+        self.path, self.settings = path, settings
+
+    def __enter__(self) -> Journal:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        self.fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in __exit__)
+        if new:
+            self.add({"settings": self.settings, "host": socket.gethostname(), "pid": os.getpid()})
+        return self
+
+    def add(self, entry: dict) -> None:
+        self.fh.write(json.dumps(entry) + "\n")
+        self.fh.flush()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.fh.close()
