@@ -16,6 +16,9 @@ again, so it can be stopped and resumed. After every run the aggregate is rewrit
   benchmarks/results/ablation_recall.png     test t2v recall at K per variant (mean over seeds)
   benchmarks/results/ablation_curves.png     validation t2v R@1 per epoch per variant
 
+Each run is also evaluated on the test split with every clip's frames time-reversed (the
+same captions): a model that reads time must drop there, an order-blind one (meanP) must not.
+
 Besides R@K, each run reports where its wrong top-1 answers land on the test split: in the
 query's own quadruple (the same two objects, other order or directions: a *temporal* error)
 or in another quadruple (an *appearance* error). That split is what says what temporal
@@ -90,9 +93,32 @@ def run_one(variant: str, seed: int, work: Path, frames: Path, epochs: int | Non
         sim = metrics.pop("similarity")
         result[split] = {k: metrics[k] for k in ("t2v", "v2t", "recall_curve")}
         result[split]["errors"] = error_split(sim, store)
+    # The time-reversal check: a model that reads time must drop on backward clips, meanP not.
+    metrics = evaluate_store(model, TimeReversed(FrameStore(frames / "test")), torch.device("cpu"), "demo")
+    result["test_reversed"] = {k: metrics[k] for k in ("t2v", "v2t")}
     result["history"] = json.loads((out / "history.json").read_text(encoding="utf-8"))
     (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
+
+
+class TimeReversed:
+    """A frame store whose clips play backwards: each clip's valid frames in reverse order
+    (padding stays where the mask says), captions unchanged."""
+
+    def __init__(self, store) -> None:
+        self.store, self.items, self.path = store, store.items, store.path
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def load(self, index: int):
+        import numpy as np
+
+        frames, mask = self.store.load(index)  # [T, S, S, 3], [T]
+        valid = np.flatnonzero(np.asarray(mask, dtype=bool))
+        frames = np.array(frames)  # a copy: the store's array may be a read-only memory map
+        frames[valid] = frames[valid[::-1]]
+        return frames, mask
 
 
 def error_split(sim, store) -> dict:
@@ -150,6 +176,9 @@ def aggregate(results: list[dict]) -> dict:
             for kind in ("same_quadruple", "other_quadruple"):
                 row[f"{split}_err_{kind}"] = _mean_std([r[split]["errors"][kind] for r in runs])
             row[f"{split}_in_quadruple_R1"] = _mean_std([in_quadruple_r1(r[split]["errors"]) for r in runs])
+        if all("test_reversed" in r for r in runs):
+            for direction in ("t2v", "v2t"):
+                row[f"test_reversed_{direction}_R1"] = _mean_std([r["test_reversed"][direction]["R1"] for r in runs])
         row["train_minutes"] = _mean_std([r["train_seconds"] / 60 for r in runs])
         row["train_cpu_minutes"] = _mean_std([r["train_cpu_seconds"] / 60 for r in runs])
         row["epochs"] = len(runs[0]["history"])
@@ -166,8 +195,8 @@ def markdown(summary: dict) -> str:
     head = (
         "| variant | seeds | test t2v R@1 | R@5 | MnR | test v2t R@1 | R@5 | MnR | val t2v R@1 | val v2t R@1 "
         "| test top-1 in own quadruple: exact clip (%) | test errors: same quadruple / other (%) "
-        "| training CPU min (wall) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| time-reversed test t2v R@1 | training CPU min (wall) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for variant, s in summary.items():
@@ -177,6 +206,7 @@ def markdown(summary: dict) -> str:
             f"| {cell(s['test_v2t_MnR'], 2)} | {cell(s['val_t2v_R1'])} | {cell(s['val_v2t_R1'])} "
             f"| {cell(s['test_in_quadruple_R1'])} "
             f"| {s['test_err_same_quadruple']['mean']:.1f} / {s['test_err_other_quadruple']['mean']:.1f} "
+            f"| {cell(s['test_reversed_t2v_R1']) if 'test_reversed_t2v_R1' in s else 'n/a'} "
             f"| {s['train_cpu_minutes']['mean']:.1f} ({s['train_minutes']['mean']:.1f}) |"
         )
     return head + "\n".join(rows) + "\n"
