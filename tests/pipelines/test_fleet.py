@@ -144,6 +144,7 @@ from tempstop_pipelines.training import TrainingRun, run_training_from
 
 tempstop.model.create_unified_model = lambda cfg: FakeModel(cfg)
 pause = float(sys.argv[2])
+tags = json.loads(sys.argv[3])  # e.g. the Prefect flow run this training belongs to
 
 class Pause:  # an epoch of the tiny model takes well under a second; a real one takes minutes
     def on_epoch_end(self, epoch, metrics):
@@ -155,7 +156,7 @@ def init_with_pause(self, *args, **kwargs):
     self.callbacks.append(Pause())
 T.UnifiedModelTrainer.__init__ = init_with_pause
 
-with recoverable(TrainingRun(ProjectConfig.from_json(sys.argv[1]), progress=False)) as run:
+with recoverable(TrainingRun(ProjectConfig.from_json(sys.argv[1]), progress=False, tags=tags)) as run:
     summary = run_training_from(run)
 print(json.dumps({{"tags": run.tags, "resume": run.resume, "version": summary.get("registered_version")}}))
 """
@@ -186,9 +187,22 @@ def _driver(tmp_path: Path, store: Path, out: Path, experiment: str, **tracking)
     return [sys.executable, str(script), str(spec)]
 
 
-def _start(args: list[str], pause: float, env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([*args, str(pause)], env=env, cwd=log.parent, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+def _start(args: list[str], pause: float, env: dict, log: Path, tags: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([*args, str(pause), json.dumps(tags or {})], env=env, cwd=log.parent,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def _running_flow_run(api: str) -> str:
+    """A flow run in state RUNNING on the Prefect server at ``api`` (what a worker's run is
+    while it trains); its id."""
+    import requests
+
+    flow = requests.post(f"{api}/flows/", json={"name": "victim-retrain"}, timeout=10)
+    assert flow.ok, flow.text
+    created = requests.post(f"{api}/flow_runs/", timeout=10, json={
+        "flow_id": flow.json()["id"], "state": {"type": "RUNNING", "name": "Running"}})  # fmt: skip
+    assert created.ok, created.text
+    return created.json()["id"]
 
 
 def _finish(proc: subprocess.Popen, log: Path, timeout: float = 400) -> dict:
@@ -222,8 +236,10 @@ def _weights(path: Path) -> dict:
 
 def test_a_killed_training_resumes_from_its_last_checkpoint_in_mlflow(stack, store, tmp_path):
     """SIGKILL mid-training (after epoch 2's checkpoint is in MLflow); the local outputs are
-    lost too (the retry runs on another machine). The retry ends the dead run as FAILED,
-    downloads the checkpoint, resumes after it, and ends with the uninterrupted run's weights."""
+    lost too (the retry runs on another machine). The retry ends the dead run as FAILED and
+    its Prefect flow run as CRASHED, downloads the checkpoint, resumes after it, and ends with
+    the uninterrupted run's weights."""
+    import requests
     from mlflow import MlflowClient
 
     # The fleet's lock: a Prefect global concurrency limit whose lease the server revokes about
@@ -232,7 +248,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_in_mlflow(stack, sto
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     out, ref = tmp_path / "crash", tmp_path / "reference"
     crash_log, ref_log = tmp_path / "crash.log", tmp_path / "reference.log"
-    victim = _start(_driver(tmp_path, store, out, "crash"), 1.5, env, crash_log)
+    flow_run = _running_flow_run(env["PREFECT_API_URL"])  # the dead attempt's flow run
+    victim = _start(_driver(tmp_path, store, out, "crash"), 1.5, env, crash_log, {"pipeline_run": flow_run})
     reference = _start(_driver(tmp_path, store, ref, "crash-reference"), 0.0, env, ref_log)
 
     def checkpoint_2_recorded():
@@ -255,6 +272,9 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_in_mlflow(stack, sto
     assert retried["tags"]["resumed_from_run"] == dead.info.run_id
     ended = client.get_run(dead.info.run_id)
     assert ended.info.status == "FAILED" and ended.data.tags["crashed"] == "true"
+    assert ended.data.tags["pipeline_run"] == flow_run
+    state = requests.get(f"{env['PREFECT_API_URL']}/flow_runs/{flow_run}", timeout=10).json()["state"]
+    assert state["type"] == "CRASHED", state
     new = client.get_run(_runs(client, "crash")[-1].info.run_id)
     assert new.info.status == "FINISHED" and new.info.run_id != dead.info.run_id
     epochs = [m.step for m in client.get_metric_history(new.info.run_id, "train_loss")]
