@@ -190,6 +190,8 @@ def markdown(summary: dict) -> str:
     """The table of docs/results.md: mean ± std over seeds."""
 
     def cell(stat: dict, digits: int = 1) -> str:
+        if stat.get("n", 2) < 2:  # one seed: no spread to show
+            return f"{stat['mean']:.{digits}f}"
         return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
     head = (
