@@ -107,6 +107,25 @@ def project(tmp_path, monkeypatch):
     return root
 
 
+@pytest.fixture(scope="module")
+def harness():
+    """A temporary Prefect API (prefect_test_harness) for the module's flow runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def store_contents(path: Path) -> tuple[dict, dict[str, bytes]]:
+    """A frame store's index (without its source path) and its arrays' bytes by key: two
+    stores written from the same split compare equal."""
+    from tempstop.data.store import read_index
+
+    index = read_index(path)
+    index.pop("source")
+    return index, {it["key"]: (path / it["file"]).read_bytes() for it in index["items"]}
+
+
 @pytest.fixture(scope="session")
 def helpers():
     """The module-level helpers, for tests (test modules do not import conftest)."""
@@ -114,7 +133,7 @@ def helpers():
 
     return SimpleNamespace(
         ROOT=ROOT, BIN=BIN, copy_project=copy_project, smoke_overrides=smoke_overrides,
-        free_port=free_port, write_params=write_params,
+        free_port=free_port, write_params=write_params, store_contents=store_contents,
     )  # fmt: skip
 
 

@@ -13,24 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PARAMS = {"extract": {"size": 32, "workers": 1, "shard_size": 3, "timeout_s": 60}, "model": {"frames": 4}}
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def _store(path):
-    """A store's index (without its source) and its arrays' bytes by key."""
-    from tempstop.data.store import read_index
-
-    index = read_index(path)
-    index.pop("source")
-    return index, {it["key"]: (path / it["file"]).read_bytes() for it in index["items"]}
-
-
-def test_local_extract_flow_equals_the_cli_and_resumes(harness, tiny_demo_root, tmp_path):
+def test_local_extract_flow_equals_the_cli_and_resumes(harness, helpers, tiny_demo_root, tmp_path):
     from tempstop_pipelines import cli
     from tempstop_pipelines.flows.extract import run
 
@@ -45,10 +28,10 @@ def test_local_extract_flow_equals_the_cli_and_resumes(harness, tiny_demo_root, 
     assert sorted(summaries) == ["test", "train", "val"]
     for split, s in summaries.items():
         assert (s["videos"], s["done"], s["failed"], s["shards"]) == (8, 8, 0, 3), split
-        assert _store(flow_out / split) == _store(local / split)
+        assert helpers.store_contents(flow_out / split) == helpers.store_contents(local / split)
 
     again = run(None, data=str(tiny_demo_root), out=str(flow_out), params=str(params), split="train")
     s = again["train"]
     assert (s["done"], s["skipped"], s["shards"], s["items"]) == (0, 8, 0, 8)
-    assert _store(flow_out / "train") == _store(local / "train")
+    assert helpers.store_contents(flow_out / "train") == helpers.store_contents(local / "train")
     assert not list(flow_out.rglob("*.tmp"))

@@ -7,14 +7,6 @@ import json
 import pytest
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.mark.slow
 def test_unreachable_tracking_fails_the_flow_before_any_stage(harness, project, monkeypatch):
     from tempstop_pipelines.flows.retrain import retrain

@@ -31,14 +31,6 @@ from media import make_clip, make_split  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def collection(tmp_path_factory):
     """12 clips and a tiny model checkpoint (4 frames)."""
     from tempstop.config import UnifiedModelConfig
@@ -70,15 +62,6 @@ def cluster():
 PARAMS = {"extract": {"size": 32, "workers": 1, "shard_size": 3, "timeout_s": 60}, "model": {"frames": 4}}
 
 
-def _store(path: Path) -> tuple[dict, dict[str, bytes]]:
-    """A store's index (without its source) and its arrays' bytes by key."""
-    from tempstop.data.store import read_index
-
-    index = read_index(path)
-    index.pop("source")
-    return index, {it["key"]: (path / it["file"]).read_bytes() for it in index["items"]}
-
-
 def _kill_a_shard_mid_run(out: Path, stop: threading.Event) -> dict:
     """Find a shard being extracted (its journal, named after it, holds fewer videos than
     the shard) and SIGKILL the Ray worker writing it (the pid in the journal's first line)."""
@@ -99,10 +82,13 @@ def _kill_a_shard_mid_run(out: Path, stop: threading.Event) -> dict:
     return {}
 
 
-def test_ray_extraction_equals_the_local_one_and_survives_a_killed_worker(harness, tiny_demo_root, cluster, tmp_path):
+def test_ray_extraction_equals_the_local_one_and_survives_a_killed_worker(
+    harness, helpers, tiny_demo_root, cluster, tmp_path
+):
     from tempstop_pipelines import cli
     from tempstop_pipelines.flows.extract import run
 
+    contents = helpers.store_contents
     head, second = cluster
     assert len(head.worker_nodes) == 1, "the second node is gone (the extraction test runs first)"
     params = tmp_path / "params.yaml"
@@ -118,7 +104,7 @@ def test_ray_extraction_equals_the_local_one_and_survives_a_killed_worker(harnes
     assert sorted(summaries) == ["test", "train", "val"]
     for split, s in summaries.items():
         assert (s["videos"], s["done"], s["failed"], s["shards"]) == (8, 8, 0, 3), split
-        assert _store(through_ray / split) == _store(tmp_path / "local" / tiny_demo_root.name / split)
+        assert contents(through_ray / split) == contents(tmp_path / "local" / tiny_demo_root.name / split)
 
     killed_out, result, stop = tmp_path / "killed", {}, threading.Event()
     thread = threading.Thread(target=lambda: result.update(run(head.address, data=str(big), out=str(killed_out),
@@ -133,7 +119,7 @@ def test_ray_extraction_equals_the_local_one_and_survives_a_killed_worker(harnes
         os.kill(killed["pid"], 0)  # that Ray worker is gone
     s = result["train"]
     assert (s["videos"], s["done"], s["failed"], s["items"]) == (12, 12, 0, 12)
-    assert _store(killed_out / "train") == _store(tmp_path / "local" / "big" / "train")
+    assert contents(killed_out / "train") == contents(tmp_path / "local" / "big" / "train")
     # The killed shard was finished by another attempt, in the same journal.
     assert len(killed["journal"].read_text().splitlines()) - 1 == PARAMS["extract"]["shard_size"]
     assert not list(killed_out.rglob("*.tmp"))
