@@ -97,8 +97,30 @@ def run_one(variant: str, seed: int, work: Path, frames: Path, epochs: int | Non
     metrics = evaluate_store(model, TimeReversed(FrameStore(frames / "test")), torch.device("cpu"), "demo")
     result["test_reversed"] = {k: metrics[k] for k in ("t2v", "v2t")}
     result["history"] = json.loads((out / "history.json").read_text(encoding="utf-8"))
+    # What the aggregate JSON keeps of the history, so a later sitting can resume from it alone.
+    result["epochs"] = len(result["history"])
+    result["val_t2v_R1_curve"] = [h["val_t2v_R1"] for h in result["history"]]
+    result["commit"] = _commit()
     (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
+
+
+def _commit() -> str | None:
+    """The checkout's git commit, kept with each run as its provenance."""
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
+                                       stderr=subprocess.DEVNULL).strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _curve(run: dict) -> list[float] | None:
+    """Validation t2v R@1 per epoch of one run (from a fresh run's history or the JSON)."""
+    if "val_t2v_R1_curve" in run:
+        return run["val_t2v_R1_curve"]
+    if "history" in run:
+        return [h["val_t2v_R1"] for h in run["history"]]
+    return None
 
 
 class TimeReversed:
@@ -181,7 +203,7 @@ def aggregate(results: list[dict]) -> dict:
                 row[f"test_reversed_{direction}_R1"] = _mean_std([r["test_reversed"][direction]["R1"] for r in runs])
         row["train_minutes"] = _mean_std([r["train_seconds"] / 60 for r in runs])
         row["train_cpu_minutes"] = _mean_std([r["train_cpu_seconds"] / 60 for r in runs])
-        row["epochs"] = len(runs[0]["history"])
+        row["epochs"] = runs[0]["epochs"] if "epochs" in runs[0] else len(runs[0]["history"])
         summary[variant] = row
     return summary
 
@@ -231,9 +253,11 @@ def plot(results: list[dict], out_dir: Path) -> None:
         ks = range(1, min(map(len, curves)) + 1)
         ax.plot(ks, [statistics.fmean(c[k - 1] for c in curves) for k in ks], marker="o", ms=3,
                 label=f"{variant} ({len(runs)} seeds)")  # fmt: skip
-        epochs = min(len(r["history"]) for r in runs)
-        r1 = [statistics.fmean(r["history"][e]["val_t2v_R1"] for r in runs) for e in range(epochs)]
-        ax2.plot(range(1, epochs + 1), r1, marker="o", ms=3, label=variant)
+        curves = [c for c in map(_curve, runs) if c]  # runs resumed from an older JSON have none
+        if curves:
+            epochs = min(map(len, curves))
+            r1 = [statistics.fmean(c[e] for c in curves) for e in range(epochs)]
+            ax2.plot(range(1, epochs + 1), r1, marker="o", ms=3, label=f"{variant} ({len(curves)} seeds)")
     ax.axhline(25, color="grey", ls=":", lw=1)
     ax.text(10, 26, "order-blind ceiling at R@1 (~25 %)", ha="right", fontsize=7, color="grey")
     for a, xlabel, ylabel, title in (
@@ -286,6 +310,15 @@ def ensure_data(params: str, data: Path, frames: Path) -> None:
             raise SystemExit("frame extraction failed")
 
 
+def recorded_runs(out: Path) -> dict[tuple[str, int], dict]:
+    """The runs already in the aggregate JSON, by (variant, seed): the work directory may be
+    gone (another machine or checkout) while the committed JSON still holds every finished run."""
+    if not out.is_file():
+        return {}
+    runs = json.loads(out.read_text(encoding="utf-8")).get("runs", [])
+    return {(r["variant"], r["seed"]): r for r in runs}
+
+
 def launch(variant: str, seed: int, args) -> dict | None:
     """Run one job in a child process (its own torch threads); returns its result."""
     out = Path(args.work) / f"{variant}_seed{seed}"
@@ -328,11 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "workers": args.workers, "threads_per_run": args.threads}  # fmt: skip
     results, todo = [], []
+    recorded = recorded_runs(Path(args.out))
     for seed in args.seeds:  # seed-major: a stopped run still has whole seeds
         for variant in args.variants:
             done = Path(args.work) / f"{variant}_seed{seed}" / "result.json"
             if done.is_file():
                 results.append(json.loads(done.read_text(encoding="utf-8")))
+            elif (variant, seed) in recorded:  # finished in an earlier sitting, work dir gone
+                results.append(recorded[variant, seed])
             else:
                 todo.append((variant, seed))
     print(f"{len(results)} runs already done, {len(todo)} to run", flush=True)
