@@ -16,10 +16,13 @@ Every run starts from an empty output folder. A second run of each flow on its f
 The Prefect API is a temporary local server (``prefect_test_harness``); the driver is connected
 to Ray once (a real run also pays ``ray.init``, about a second). The clips are the 96x96 demo-like
 clips of ``bench_extract.py``; indexing takes the first ``--index-clips`` of them (embedding on
-the CPU is the slow part) in shards of a quarter of ``--shard-size``; the model is the tiny
-one (4 frames).
+the CPU is the slow part) in shards of ``--index-shard-size`` (default: a quarter of
+``--shard-size``); the model is the tiny one (4 frames).
 
     python benchmarks/bench_scale.py --clips 400 --index-clips 60 --shard-size 100 --repeat 2
+    # at the flows' default shard size (1000 videos), as a real collection runs:
+    python benchmarks/bench_scale.py --clips 8000 --index-clips 2000 --shard-size 1000 \
+        --index-shard-size 1000 --repeat 2
 
 Writes a table to stdout and JSON to benchmarks/results/scale.json.
 """
@@ -75,9 +78,9 @@ class Runner:
     """The four paths at k cores; each call returns wall seconds into a fresh folder."""
 
     def __init__(self, split: Path, videos: Path, params: Path, ckpt: Path, scratch: Path, address: str, k: int,
-                 shard: int):  # fmt: skip
+                 index_shard: int):  # fmt: skip
         self.split, self.videos, self.params, self.ckpt, self.scratch = split, videos, params, ckpt, scratch
-        self.address, self.k, self.shard = address, k, shard
+        self.address, self.k, self.index_shard = address, k, index_shard
 
     def fresh(self, name: str) -> Path:
         out = self.scratch / name
@@ -106,7 +109,7 @@ class Runner:
 
         torch.set_num_threads(self.k)
         args = ["index", "--checkpoint", str(self.ckpt), "--videos", str(self.videos), "--out", str(out),
-                "--shard-size", str(self.shard // 4), "--workers", str(self.k), "--batch-size", "32", "--no-progress",
+                "--shard-size", str(self.index_shard), "--workers", str(self.k), "--batch-size", "32", "--no-progress",
                 "--device", "cpu"]  # fmt: skip
         if cli.main(args) != 0:
             raise RuntimeError("tempstop index failed")
@@ -116,7 +119,7 @@ class Runner:
         from tempstop_pipelines.flows.index import run
 
         return run(self.address, videos=str(self.videos), out=str(out), checkpoint=str(self.ckpt),
-                   shard_size=self.shard // 4, batch_size=32, workers=1)  # fmt: skip
+                   shard_size=self.index_shard, batch_size=32, workers=1)  # fmt: skip
 
     def timed(self, path: str, out: Path | None = None) -> float:
         out = out or self.fresh(path)
@@ -134,7 +137,7 @@ def bench_cores(k: int, split: Path, videos: Path, params: Path, ckpt: Path, scr
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": k, "include_dashboard": False})
     ray.init(address=cluster.address)
     try:
-        runner = Runner(split, videos, params, ckpt, scratch, cluster.address, k, args.shard_size)
+        runner = Runner(split, videos, params, ckpt, scratch, cluster.address, k, _index_shard(args))
         paths = [p for p in PATHS if args.index_clips or not p.startswith("index")]
         for path in paths:  # warm-up: Ray workers, fork servers, page cache, Prefect's first flow run
             runner.timed(path)
@@ -149,6 +152,10 @@ def bench_cores(k: int, split: Path, videos: Path, params: Path, ckpt: Path, scr
         ray.shutdown()
         cluster.shutdown()
     return _summary(k, runs, fixed, load, args)
+
+
+def _index_shard(args: argparse.Namespace) -> int:
+    return args.index_shard_size or max(1, args.shard_size // 4)
 
 
 def _summary(k: int, runs: dict, fixed: dict, load: list[float], args: argparse.Namespace) -> dict:
@@ -167,6 +174,11 @@ def _summary(k: int, runs: dict, fixed: dict, load: list[float], args: argparse.
             for t in _tasks(runs)
         },
         "flow_fixed_seconds": {p: round(v, 3) for p, v in fixed.items()},
+        # The same ratio with a flow run's fixed cost (measured just above: mostly Prefect's own
+        # end-of-run work, paid once per flow run whatever its size) taken out of the Ray time.
+        "ray_over_local_less_fixed": {
+            t: round((best[f"{t}_ray"] - fixed[f"{t}_ray"]) / best[f"{t}_local"], 3) for t in _tasks(runs)
+        },
         "load_average_1m": {"min": round(min(load), 2), "max": round(max(load), 2)},
     }
 
@@ -197,6 +209,7 @@ def table(results: list[dict], proj: list[dict], clips: int, index_clips: int) -
             lines.append(f"{r['cores']:>5} {p:<14} {r['seconds_best'][p]:8.2f} {r['seconds_median'][p]:9.2f} "
                          f"{r['videos_per_s'][p]:9.1f} {r['videos_per_s_per_core'][p]:7.1f} {ratio:>10}")  # fmt: skip
         lines.append(f"      fixed cost of a flow run with nothing to do: {r['flow_fixed_seconds']} s; "
+                     f"Ray/local without it: {r['ray_over_local_less_fixed']}; "
                      f"load average {r['load_average_1m']}")  # fmt: skip
     lines.append("10^6 videos (projection, per-core Ray rate x cores):")
     lines += [f"  {p['machines']:>4} machines ({p['cores']} cores): "
@@ -216,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=400)
     p.add_argument("--index-clips", type=int, default=60, help="the first N clips are indexed (CPU embedding is slow)")
     p.add_argument("--shard-size", type=int, default=100, help="videos per extraction shard; indexing: a quarter")
+    p.add_argument("--index-shard-size", type=int, default=None, help="videos per index shard (default: a quarter of --shard-size)")
     p.add_argument("--cores", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--machine-cores", type=int, default=16, help="cores per machine in the projection")
@@ -243,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "index with k processes (k torch threads); ray = the tempstop-extract / tempstop-index Prefect flows on a "
         "k-CPU Ray cluster (one process per task), driver already connected; fresh output folder each run",
         "clips": {"extract": args.clips, "index": args.index_clips},
-        "shard_size": {"extract": args.shard_size, "index": args.shard_size // 4},
+        "shard_size": {"extract": args.shard_size, "index": _index_shard(args)},
         "results": results,
         "projection_1e6_videos": {"cores_per_machine": args.machine_cores, "rows": proj,
                                   "assumes": "linear scaling at the best per-core Ray rate measured here, 96x96 clips"},  # fmt: skip
