@@ -218,3 +218,39 @@ def test_mkv_input_is_extracted(tmp_path):
     summary = _extract(split, tmp_path / "store", frames=4)
     assert summary["done"] == 1
     assert [frame_id(f) for f in FrameStore(tmp_path / "store").load(0)[0]] == [1, 4, 7, 10]
+
+
+def test_small_videos_are_batched_large_ones_go_alone():
+    from tempstop.data.extract_jobs import BATCH_BYTES, BATCH_VIDEOS, SMALL_VIDEO_BYTES, batch_jobs
+
+    def job(name, size):
+        return {"video_id": name, "stamp": [size, 0]}
+
+    small, big = 20_000, SMALL_VIDEO_BYTES + 1
+    jobs = [job(f"s{i}", small) for i in range(BATCH_VIDEOS + 3)] + [job("big", big), job("t0", small)]
+    batches = batch_jobs(jobs)
+    assert [[j["video_id"] for j in b] for b in batches] == [
+        [f"s{i}" for i in range(BATCH_VIDEOS)], [f"s{i}" for i in range(BATCH_VIDEOS, BATCH_VIDEOS + 3)],
+        ["big"], ["t0"],
+    ]  # fmt: skip
+    # A batch also stops at BATCH_BYTES of files; order is kept throughout.
+    heavy = [job(f"h{i}", SMALL_VIDEO_BYTES) for i in range(BATCH_VIDEOS)]
+    assert all(sum(j["stamp"][0] for j in b) <= BATCH_BYTES for b in batch_jobs(heavy))
+    assert [j["video_id"] for b in batch_jobs(heavy) for j in b] == [j["video_id"] for j in heavy]
+    assert batch_jobs([]) == []
+
+
+def test_batched_extraction_equals_one_video_per_message(tmp_path, monkeypatch):
+    import tempstop.data.extract_jobs as ej
+
+    make_split(tmp_path / "data" / "train", count=5)
+    batched = _extract(tmp_path / "data" / "train", tmp_path / "a")
+    monkeypatch.setattr(ej, "BATCH_VIDEOS", 1)  # read in the parent, where batches are cut
+    single = _extract(tmp_path / "data" / "train", tmp_path / "b")
+    assert batched["done"] == single["done"] == 5
+    a, b = FrameStore(tmp_path / "a"), FrameStore(tmp_path / "b")
+    assert [it["key"] for it in a.items] == [it["key"] for it in b.items]
+    for i in range(len(a)):
+        fa, ma = a.load(i)
+        fb, mb = b.load(i)
+        assert np.array_equal(fa, fb) and np.array_equal(ma, mb)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from tempstop.data.annotations import VideoRecord, read_annotations, read_raw, record_from_json, split_paths
 from tempstop.data.extract_jobs import (
     JOURNAL_DIR,
+    batch_jobs,
     ExtractError,
     Journal,
     extract_video,
@@ -170,7 +171,7 @@ def extract_shard(
     each recorded in the shard's journal as it finishes; a video already there (an earlier
     attempt of this shard) is skipped. Returns ``{"id", "done", "num_valid": {key: n},
     "failed": [{"video_id", "file", "reason"}]}``."""
-    from tempstop.data.workers import map_with_timeout
+    from tempstop.data.workers import map_batched
 
     jobs = shard["jobs"]
     if not jobs:
@@ -188,8 +189,10 @@ def extract_shard(
             todo.append(job)
     failed = []
     with Journal(path, settings) as journal:
-        results = map_with_timeout(extract_video, todo, workers, timeout_s, desc or f"extract shard {shard['id'][:8]}",
-                                   progress=progress, preload=_WORKER_PRELOAD, unit="video")  # fmt: skip
+        # Small clips travel to the workers a few at a time (batch_jobs); a batch that times out
+        # or crashes is redone video by video, so only the culprit is reported.
+        results = map_batched(extract_video, batch_jobs(todo), workers, timeout_s, desc or f"extract shard {shard['id'][:8]}",
+                              progress=progress, preload=_WORKER_PRELOAD, unit="video")  # fmt: skip
         for job, result in results:
             if isinstance(result, Exception):
                 reason = str(result).removeprefix("VideoError: ")

@@ -77,6 +77,37 @@ def plan_jobs(records: list[VideoRecord], per_segment: bool) -> tuple[list[dict]
     return jobs, rejects
 
 
+# ---- batches ---------------------------------------------------------------------------
+#: Videos up to this size go to a worker several at a time: a 96x96 clip decodes in ~4 ms, and
+#: each worker message costs ~0.4 ms of pickling and process wake-ups (a tenth of the work).
+SMALL_VIDEO_BYTES = 1 << 20
+#: At most this many videos (and 4 MiB of files) per message, so that a batch stays far
+#: inside the per-video timeout and a killed batch has little to redo.
+BATCH_VIDEOS = 8
+BATCH_BYTES = 4 << 20
+
+
+def batch_jobs(jobs: list[dict]) -> list[list[dict]]:
+    """Jobs grouped for the worker pool, in order: consecutive small videos together, every
+    other video alone (see :data:`SMALL_VIDEO_BYTES`). ``job["stamp"][0]`` is the file size."""
+    batches: list[list[dict]] = []
+    current: list[dict] = []
+    size = 0
+    for job in jobs:
+        n = job["stamp"][0]
+        if current and (n > SMALL_VIDEO_BYTES or len(current) == BATCH_VIDEOS or size + n > BATCH_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        if n > SMALL_VIDEO_BYTES:
+            batches.append([job])
+            continue
+        current.append(job)
+        size += n
+    if current:
+        batches.append(current)
+    return batches
+
+
 # ---- the worker -----------------------------------------------------------------------
 def extract_video(job: dict) -> dict:
     """Decode, sample, resize and save one video's items (runs in a worker process).
