@@ -9,7 +9,9 @@ Bare decoding at full size (what a naive pipeline pays before any resize) is sho
 Extraction: :func:`tempstop.data.extract.extract_split` end to end into an empty store (header
 read, timestamps, sampling, decode, crop, atomic ``.npy`` writes, worker start-up, journal,
 index) with ``workers=0`` (in this process), ``1`` (one worker process: the same single
-decoding process as bare) and ``2``. One decoder thread everywhere. Timings are the best of
+decoding process as bare) and ``2``; with workers, small clips go to them eight to a message
+(extraction's default), and once more one per message, the cost that batching removes. One
+decoder thread everywhere. Timings are the best of
 ``--repeat`` interleaved runs (the machine may be shared); medians are stored too. CPU time
 counts this process, its children and the worker processes (children of multiprocessing's
 fork server). As bare decoding runs with decord already imported, extraction runs with the
@@ -48,6 +50,9 @@ from tempstop.data.video import decode_dims, frame_times, open_reader, sample_in
 from tempstop.utils import atomic_write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "extract.json"
+#: The timed extractions: key -> (worker processes, small videos per worker message; None:
+#: extraction's default). "_single" rows send one video per message, as before batching.
+EXTRACTIONS = {"w0": (0, None), "w1": (1, None), "w1_single": (1, 1), "w2": (2, None), "w2_single": (2, 1)}
 
 
 # ---- inputs -----------------------------------------------------------------------------
@@ -149,13 +154,21 @@ def bare_decode(jobs: list[Job], reduced: bool = True, threads: int = 1) -> tupl
 
 
 def extraction(
-    split: Path, cfg: ExtractConfig, frames: int, workers: int, scratch: Path
+    split: Path, cfg: ExtractConfig, frames: int, workers: int, scratch: Path, batch: int | None = None
 ) -> tuple[float, float]:
-    """(wall, CPU incl. worker processes) seconds for a complete extraction into an empty store."""
+    """(wall, CPU incl. worker processes) seconds for a complete extraction into an empty store;
+    ``batch``: small videos per worker message (default: extraction's own, ``BATCH_VIDEOS``)."""
+    import tempstop.data.extract_jobs as jobs_module
+
+    default = jobs_module.BATCH_VIDEOS
     out = Path(tempfile.mkdtemp(dir=scratch))
-    t0 = _clock()
-    summary = extract_split(split, out, cfg, frames, progress=False, workers=workers)
-    spent = _since(t0)
+    jobs_module.BATCH_VIDEOS = batch or default
+    try:
+        t0 = _clock()
+        summary = extract_split(split, out, cfg, frames, progress=False, workers=workers)
+        spent = _since(t0)
+    finally:
+        jobs_module.BATCH_VIDEOS = default
     if summary["failed"] or summary["done"] != summary["videos"]:
         raise RuntimeError(f"extraction incomplete: {summary}")
     return spent
@@ -168,12 +181,12 @@ def bench_split(name: str, split: Path, args: argparse.Namespace, scratch: Path)
     # Likewise start the worker pool's fork server once (numpy, decord imported); a cold
     # start is what one `tempstop extract` run pays on top, reported on its own.
     cold = extraction(split, cfg, args.frames, 1, scratch)
-    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in ("bare", "bare_full", "w0", "w1", "w2")}
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in ("bare", "bare_full", *EXTRACTIONS)}
     for _ in range(args.repeat):  # interleaved, so that load from other processes hits all alike
         runs["bare"].append(bare_decode(jobs))
         runs["bare_full"].append(bare_decode(jobs, reduced=False))
-        for w in (0, 1, 2):
-            runs[f"w{w}"].append(extraction(split, cfg, args.frames, w, scratch))
+        for key, (w, batch) in EXTRACTIONS.items():
+            runs[key].append(extraction(split, cfg, args.frames, w, scratch, batch))
     n = len(jobs)
     best = {k: min(wall for wall, _ in v) for k, v in runs.items()}
     cpu = {k: min(c for _, c in v) for k, v in runs.items()}
@@ -187,18 +200,18 @@ def bench_split(name: str, split: Path, args: argparse.Namespace, scratch: Path)
         "seconds_best": {k: round(v, 4) for k, v in best.items()},
         "seconds_median": {k: round(statistics.median(w for w, _ in v), 4) for k, v in runs.items()},
         "cpu_seconds_best": {k: round(v, 4) for k, v in cpu.items()},
-        "cpu_ratio_to_bare": {k: round(cpu[k] / cpu["bare"], 3) for k in ("bare_full", "w0", "w1", "w2")},
+        "cpu_ratio_to_bare": {k: round(cpu[k] / cpu["bare"], 3) for k in ("bare_full", *EXTRACTIONS)},
         # Ratio within each repeat (runs minutes apart see different load), then the median.
         "cpu_ratio_to_bare_median": {
             k: round(
                 statistics.median(c / b for (_, c), (_, b) in zip(runs[k], runs["bare"], strict=True)), 3
             )
-            for k in ("bare_full", "w0", "w1", "w2")
+            for k in ("bare_full", *EXTRACTIONS)
         },
         "first_run_1_worker": {"wall_s": round(cold[0], 4), "cpu_s": round(cold[1], 4)},
         "videos_per_s": {k: round(n / v, 1) for k, v in best.items()},
-        "ratio_to_bare": {k: round(best[k] / best["bare"], 3) for k in ("bare_full", "w0", "w1", "w2")},
-        "ratio_to_bare_full": {k: round(best[k] / best["bare_full"], 3) for k in ("w0", "w1", "w2")},
+        "ratio_to_bare": {k: round(best[k] / best["bare"], 3) for k in ("bare_full", *EXTRACTIONS)},
+        "ratio_to_bare_full": {k: round(best[k] / best["bare_full"], 3) for k in EXTRACTIONS},
     }
 
 
@@ -208,7 +221,9 @@ def table(results: list[dict]) -> str:
         ("bare decode, full size", "bare_full"),
         ("extract, in-process", "w0"),
         ("extract, 1 worker", "w1"),
+        ("  same, 1 video a message", "w1_single"),
         ("extract, 2 workers", "w2"),
+        ("  same, 1 video a message", "w2_single"),
     ]
     lines = []
     for r in results:

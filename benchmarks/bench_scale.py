@@ -221,7 +221,8 @@ def table(results: list[dict], proj: list[dict], clips: int, index_clips: int) -
 def _machine() -> dict:
     model = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     name = next((ln.split(":", 1)[1].strip() for ln in model.splitlines() if ln.startswith("Model name")), "?")
-    return {"nproc": os.cpu_count(), "cpu": name, "platform": platform.platform(), "python": platform.python_version()}
+    return {"nproc": os.cpu_count(), "cpu": name, "platform": platform.platform(), "python": platform.python_version(),
+            "cpu_affinity": sorted(os.sched_getaffinity(0))}  # e.g. [0] under `taskset -c 0`: 1-core runs  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         params, ckpt = _params(tmp / "params.json", args.shard_size), _checkpoint(tmp / "model.pth")
         videos = tmp / "index_videos"
         videos.mkdir()
-        for f in sorted((split / "videos").iterdir())[: args.index_clips]:  # 0: no indexing
+        for f in sorted((split / "videos").glob("*.mp4"))[: args.index_clips]:  # 0: no indexing
             shutil.copy2(f, videos / f.name)
         with prefect_test_harness(server_startup_timeout=300):
             results = [bench_cores(k, split, videos, params, ckpt, tmp, args) for k in args.cores]
