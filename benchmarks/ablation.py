@@ -3,6 +3,7 @@ several seeds each, trained and evaluated exactly as the pipeline does it.
 
     python benchmarks/ablation.py [--seeds 0 1 2] [--variants meanP joint ...] [--workers 2]
         [--threads 1] [--epochs N] [--work outputs/ablation] [--out benchmarks/results/ablation.json]
+    python benchmarks/ablation.py ... --report [--paused VARIANT SEED SECONDS]   # rewrite outputs only
 
 Each run is ``tempstop train`` with params.yaml (only mode, seed, variant and paths changed;
 MLflow off), then ``evaluate_store`` of its best checkpoint (chosen on val) on val and test.
@@ -114,6 +115,12 @@ def _commit() -> str | None:
         return None
 
 
+def wall_seconds(run: dict) -> float:
+    """Training wall time less any time the run was stopped (SIGSTOP) on purpose, e.g. to
+    measure a benchmark on a quiet machine; ``paused_seconds`` is recorded with ``--paused``."""
+    return run["train_seconds"] - run.get("paused_seconds", 0.0)
+
+
 def _curve(run: dict) -> list[float] | None:
     """Validation t2v R@1 per epoch of one run (from a fresh run's history or the JSON)."""
     if "val_t2v_R1_curve" in run:
@@ -201,7 +208,7 @@ def aggregate(results: list[dict]) -> dict:
         if all("test_reversed" in r for r in runs):
             for direction in ("t2v", "v2t"):
                 row[f"test_reversed_{direction}_R1"] = _mean_std([r["test_reversed"][direction]["R1"] for r in runs])
-        row["train_minutes"] = _mean_std([r["train_seconds"] / 60 for r in runs])
+        row["train_minutes"] = _mean_std([wall_seconds(r) / 60 for r in runs])
         row["train_cpu_minutes"] = _mean_std([r["train_cpu_seconds"] / 60 for r in runs])
         row["epochs"] = runs[0]["epochs"] if "epochs" in runs[0] else len(runs[0]["history"])
         summary[variant] = row
@@ -268,7 +275,10 @@ def plot(results: list[dict], out_dir: Path) -> None:
         a.set_ylabel(ylabel)
         a.set_title(title, fontsize=10)
         a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+        if a.get_lines():
+            a.legend(fontsize=8)
+        else:  # e.g. only runs resumed from a JSON written before curves were kept
+            a.text(0.5, 0.5, "no per-epoch history recorded", ha="center", transform=a.transAxes)
     for f, name in ((fig, "ablation_recall.png"), (fig2, "ablation_curves.png")):
         f.tight_layout()
         tmp = out_dir / f".{name}.tmp.png"
@@ -319,6 +329,19 @@ def recorded_runs(out: Path) -> dict[tuple[str, int], dict]:
     return {(r["variant"], r["seed"]): r for r in runs}
 
 
+def record_pause(work: Path, results: list[dict], variant: str, seed: int, seconds: float) -> None:
+    """Write ``paused_seconds`` into a finished run (its ``result.json`` and ``results``)."""
+    run = next((r for r in results if (r["variant"], r["seed"]) == (variant, seed)), None)
+    if run is None:
+        raise SystemExit(f"--paused {variant} {seed}: no finished run")
+    run["paused_seconds"] = seconds
+    done = work / f"{variant}_seed{seed}" / "result.json"
+    if done.is_file():
+        data = json.loads(done.read_text(encoding="utf-8"))
+        data["paused_seconds"] = seconds
+        done.write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
 def launch(variant: str, seed: int, args) -> dict | None:
     """Run one job in a child process (its own torch threads); returns its result."""
     out = Path(args.work) / f"{variant}_seed{seed}"
@@ -351,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", default=str(ROOT / "outputs" / "ablation" / "frames"))
     p.add_argument("--work", default=str(ROOT / "outputs" / "ablation"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ablation.json"))
+    p.add_argument("--report", action="store_true", help="only rewrite the JSON, table and plots from the runs done")
+    p.add_argument("--paused", nargs=3, action="append", default=[], metavar=("VARIANT", "SEED", "SECONDS"),
+                   help="record that a finished run was stopped this long (its wall time excludes it)")
     p.add_argument("--job", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.job:
@@ -371,7 +397,14 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(recorded[variant, seed])
             else:
                 todo.append((variant, seed))
+    for variant, seed, seconds in args.paused:
+        record_pause(Path(args.work), results, variant, int(seed), float(seconds))
     print(f"{len(results)} runs already done, {len(todo)} to run", flush=True)
+    if args.report:
+        if results:
+            write_outputs(results, args, machine)
+            print(markdown(aggregate(results)))
+        return 0
     failed = 0
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         futures = {pool.submit(launch, variant, seed, args): (variant, seed) for variant, seed in todo}
