@@ -77,6 +77,7 @@ def run_one(variant: str, seed: int, work: Path, frames: Path, epochs: int | Non
             "--set", f"training.val_data_path={frames / 'val'}"]  # fmt: skip
     if epochs:
         argv += ["--epochs", str(epochs)]
+    commit = _commit()  # the code this run imports now, not what is checked out when it ends
     wall0, cpu0 = time.perf_counter(), time.process_time()
     if cli(argv) != 0:
         raise RuntimeError(f"training {variant} seed {seed} failed (see its log)")
@@ -101,7 +102,7 @@ def run_one(variant: str, seed: int, work: Path, frames: Path, epochs: int | Non
     # What the aggregate JSON keeps of the history, so a later sitting can resume from it alone.
     result["epochs"] = len(result["history"])
     result["val_t2v_R1_curve"] = [h["val_t2v_R1"] for h in result["history"]]
-    result["commit"] = _commit()
+    result["commit"] = commit
     (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
 
