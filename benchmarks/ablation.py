@@ -116,6 +116,10 @@ def _commit() -> str | None:
         return None
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 def wall_seconds(run: dict) -> float:
     """Training wall time less any time the run was stopped (SIGSTOP) on purpose, e.g. to
     measure a benchmark on a quiet machine; ``paused_seconds`` is recorded with ``--paused``."""
@@ -260,12 +264,12 @@ def plot(results: list[dict], out_dir: Path) -> None:
         curves = [r["test"]["recall_curve"]["t2v"][:10] for r in runs]
         ks = range(1, min(map(len, curves)) + 1)
         ax.plot(ks, [statistics.fmean(c[k - 1] for c in curves) for k in ks], marker="o", ms=3,
-                label=f"{variant} ({len(runs)} seeds)")  # fmt: skip
+                label=f"{variant} ({_seeds(len(runs))})")  # fmt: skip
         curves = [c for c in map(_curve, runs) if c]  # runs resumed from an older JSON have none
         if curves:
             epochs = min(map(len, curves))
             r1 = [statistics.fmean(c[e] for c in curves) for e in range(epochs)]
-            ax2.plot(range(1, epochs + 1), r1, marker="o", ms=3, label=f"{variant} ({len(curves)} seeds)")
+            ax2.plot(range(1, epochs + 1), r1, marker="o", ms=3, label=f"{variant} ({_seeds(len(curves))})")
     ax.axhline(25, color="grey", ls=":", lw=1)
     ax.text(10, 26, "order-blind ceiling at R@1 (~25 %)", ha="right", fontsize=7, color="grey")
     for a, xlabel, ylabel, title in (
