@@ -61,6 +61,11 @@ _MAX_START_FAILURES = 3
 _PREFETCH = 2
 
 
+def _failure(exc: Exception) -> tuple[str, str]:
+    """A failed call as ``(one-line message, traceback)``: what :class:`TaskFailed` carries."""
+    return f"{type(exc).__name__}: {exc}", traceback.format_exc()
+
+
 def _worker_main(fn: Callable[[Any], Any], conn: Connection) -> None:
     """Worker loop: announce readiness, then run ``fn`` on each received item."""
     # Ctrl-C goes to the whole process group; the parent decides what to do, workers must not
@@ -78,7 +83,7 @@ def _worker_main(fn: Callable[[Any], Any], conn: Connection) -> None:
         try:
             reply = (task_id, True, fn(item))
         except Exception as exc:  # report every failure; the worker stays alive
-            reply = (task_id, False, (f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+            reply = (task_id, False, _failure(exc))
         try:
             conn.send(reply)
         except Exception as exc:  # e.g. an unpicklable result
@@ -189,7 +194,7 @@ def map_with_timeout(
                 try:
                     out: Any = fn(item)
                 except Exception as exc:
-                    out = TaskFailed(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                    out = TaskFailed(*_failure(exc))
                 bar.update(1)
                 yield item, out
             return
@@ -209,7 +214,7 @@ def _call_each(message: tuple[Callable[[Any], Any], list[Any]]) -> list[tuple[bo
         try:
             out.append((True, fn(item)))
         except Exception as exc:
-            out.append((False, (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
+            out.append((False, _failure(exc)))
     return out
 
 
@@ -236,20 +241,18 @@ def map_batched(
     from tqdm.auto import tqdm
 
     batches = [list(b) for b in batches if b]
+    module = getattr(fn, "__module__", "__main__")
+    if module == "__main__":  # fn travels by name inside each message: it must be importable
+        items = [item for b in batches for item in b]
+        yield from map_with_timeout(fn, items, workers, timeout_s, desc, progress=progress, preload=preload, unit=unit)
+        return
+    preload = (module, *preload)  # the fork server imports fn's module, not only _call_each's
     bar = tqdm(total=sum(map(len, batches)), desc=desc, unit=unit, disable=not progress or not batches, leave=True)
-    preload = (getattr(fn, "__module__", "__main__"), *preload)
-    if preload[0] == "__main__":  # fn travels by name inside each message: it must be importable
-        messages, call = [item for b in batches for item in b], fn
-    else:
-        messages, call = [(fn, b) for b in batches], _call_each
     retry: list[Any] = []
     try:
-        for message, outcome in map_with_timeout(call, messages, workers, timeout_s, progress=False, preload=preload):
-            if call is fn:
-                bar.update(1)
-                yield message, outcome
-                continue
-            batch = message[1]
+        messages = [(fn, b) for b in batches]
+        for (_, batch), outcome in map_with_timeout(_call_each, messages, workers, timeout_s, progress=False,
+                                                    preload=preload):  # fmt: skip
             if isinstance(outcome, (TaskTimeout, WorkerCrashed)) and len(batch) > 1:
                 retry += batch  # item by item below
                 continue
