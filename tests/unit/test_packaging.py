@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,8 @@ def test_every_package_folder_is_installed_under_a_project_name():
         for init in (ROOT / folder).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT / folder)
             found.add(".".join([name, *rel.parts]))
-    assert set(setup["packages"]) == found
+    data = set(setup["package-data"])  # folders of data files (the search page, model configs)
+    assert set(setup["packages"]) == found | data
     assert "pipelines" not in setup["packages"]  # a generic name that collides with other projects
 
 
@@ -34,3 +38,17 @@ def test_the_library_needs_no_pipeline_dependency():
         assert name not in core, name
         assert any(d.startswith(name) for d in project["optional-dependencies"]["pipeline"]), name
     assert project["scripts"]["tempstop"] == "tempstop_pipelines.cli:main"
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_data_files_without_setuptools_warnings(tmp_path):
+    # Built with this environment's setuptools (no build isolation): nothing is downloaded.
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "BuildBackendWarning" not in build.stderr + build.stdout
+    (wheel,) = tmp_path.glob("tempstop-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "tempstop_pipelines/serve/static/index.html" in names
+    assert "tempstop/model_configs/tempstop-tiny.json" in names
