@@ -58,8 +58,15 @@ demo: setup
 	@$(MAKE) --no-print-directory metrics
 
 # A tiny end-to-end run (about a minute) through the Prefect flow, in a temporary Prefect server.
+# The flow once at smoke size, in a scratch folder (SMOKE_DIR, default a new temporary one) with
+# this checkout's dvc.yaml and params.yaml: run here, it would overwrite the demo's data, model,
+# metrics and registry with its tiny ones.
 smoke: setup
-	$(RUN) PREFECT_LOGGING_EXTRA_LOGGERS=tempstop,tempstop_pipelines python -m tempstop_pipelines.flows.retrain --smoke
+	@dir="$${SMOKE_DIR:-$$(mktemp -d -t tempstop-smoke.XXXXXX)}" && mkdir -p "$$dir" && \
+	  cp dvc.yaml params.yaml "$$dir/" && \
+	  echo "smoke run in $$dir (this checkout's data, outputs, metrics and mlflow.db are not touched)" && \
+	  cd "$$dir" && $(RUN) PREFECT_LOGGING_EXTRA_LOGGERS=tempstop,tempstop_pipelines \
+	  python -m tempstop_pipelines.flows.retrain --smoke
 
 metrics:
 	@echo; echo "== test-split metrics (dvc metrics show) =="

@@ -54,3 +54,28 @@ def test_joint_flow_runs_every_stage_and_promotes(harness, project):
     mlflow = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     champion = mlflow.get_model_version_by_alias("tempstop-unified", "champion")
     assert champion.tags["mode"] == "joint" and "pipeline_run" in champion.tags
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_make_smoke_runs_in_a_scratch_folder_and_leaves_the_checkout_alone(helpers, tmp_path):
+    import os
+    import subprocess
+
+    checkout = helpers.copy_project(tmp_path / "checkout")  # full-size params, as a user's
+    committed = (checkout / "metrics/eval.json").read_bytes()
+    scratch = tmp_path / "scratch"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"SMOKE_DIR": str(scratch)}
+    # -o setup: the test's own environment is the venv (VENV), nothing to install.
+    proc = subprocess.run(["make", "-o", "setup", "smoke", f"VENV={helpers.BIN.parent}"], cwd=checkout, env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    evaluation = json.loads((scratch / "metrics/eval.json").read_text())
+    assert evaluation["num_videos"] == 8  # smoke size: 2 test quadruples
+    assert (scratch / "mlflow.db").is_file()
+    assert (checkout / "metrics/eval.json").read_bytes() == committed
+    for made in ("data/demo", "data/frames", "outputs", "mlflow.db", "reports"):
+        assert not (checkout / made).exists(), made
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=checkout, capture_output=True, text=True)
+    assert status.stdout == ""
