@@ -15,7 +15,15 @@ log = logging.getLogger(__name__)
 
 
 def git_commit(cwd: str | Path = ".") -> str:
-    """``HEAD`` of the working tree, with ``-dirty`` when tracked files are modified."""
+    """``HEAD`` of the working tree, with ``-dirty`` when tracked files are modified.
+
+    Where ``cwd`` is not in a git checkout (``make smoke``'s scratch folder), the checkout this
+    code runs from (an editable install) is the code's commit; ``unknown`` when neither is one.
+    """
+    return _head(Path(cwd)) or _head(Path(__file__).resolve().parent) or "unknown"
+
+
+def _head(cwd: Path) -> str | None:
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
@@ -28,7 +36,7 @@ def git_commit(cwd: str | Path = ".") -> str:
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
     return f"{sha}-dirty" if dirty else sha
 
 

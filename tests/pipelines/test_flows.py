@@ -73,7 +73,11 @@ def test_make_smoke_runs_in_a_scratch_folder_and_leaves_the_checkout_alone(helpe
 
     evaluation = json.loads((scratch / "metrics/eval.json").read_text())
     assert evaluation["num_videos"] == 8  # smoke size: 2 test quadruples
-    assert (scratch / "mlflow.db").is_file()
+    from mlflow import MlflowClient
+
+    mlflow = MlflowClient(f"sqlite:///{scratch / 'mlflow.db'}")
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("tempstop").experiment_id])
+    assert runs and all(r.data.tags["git_commit"] != "unknown" for r in runs)  # the code that ran
     assert (checkout / "metrics/eval.json").read_bytes() == committed
     for made in ("data/demo", "data/frames", "outputs", "mlflow.db", "reports"):
         assert not (checkout / made).exists(), made

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -42,9 +43,18 @@ def test_the_library_needs_no_pipeline_dependency():
 
 @pytest.mark.slow
 def test_the_wheel_ships_the_data_files_without_setuptools_warnings(tmp_path):
-    # Built with this environment's setuptools (no build isolation): nothing is downloaded.
+    # Built from a copy (setuptools writes build/ and *.egg-info into the source tree) with this
+    # environment's setuptools (no build isolation): nothing is downloaded.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for folder in ("src", "pipelines"):
+        shutil.copytree(
+            ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "BuildBackendWarning" not in build.stderr + build.stdout
