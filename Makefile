@@ -57,10 +57,9 @@ demo: setup
 	  --checkpoint models:/tempstop-unified@champion --no-progress
 	@$(MAKE) --no-print-directory metrics
 
-# A tiny end-to-end run (about a minute) through the Prefect flow, in a temporary Prefect server.
-# The flow once at smoke size, in a scratch folder (SMOKE_DIR, default a new temporary one) with
-# this checkout's dvc.yaml and params.yaml: run here, it would overwrite the demo's data, model,
-# metrics and registry with its tiny ones.
+# A tiny end-to-end run (about a minute) through the Prefect flow, in a temporary Prefect server
+# and a scratch folder (SMOKE_DIR, default a new temporary one) holding this checkout's dvc.yaml
+# and params.yaml: run here, it would overwrite the demo's data, model, metrics and registry.
 smoke: setup
 	@dir="$${SMOKE_DIR:-$$(mktemp -d -t tempstop-smoke.XXXXXX)}" && mkdir -p "$$dir" && \
 	  cp dvc.yaml params.yaml "$$dir/" && \

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -59,9 +61,6 @@ def test_joint_flow_runs_every_stage_and_promotes(harness, project):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_make_smoke_runs_in_a_scratch_folder_and_leaves_the_checkout_alone(helpers, tmp_path):
-    import os
-    import subprocess
-
     checkout = helpers.copy_project(tmp_path / "checkout")  # full-size params, as a user's
     committed = (checkout / "metrics/eval.json").read_bytes()
     scratch = tmp_path / "scratch"
@@ -73,7 +72,7 @@ def test_make_smoke_runs_in_a_scratch_folder_and_leaves_the_checkout_alone(helpe
 
     evaluation = json.loads((scratch / "metrics/eval.json").read_text())
     assert evaluation["num_videos"] == 8  # smoke size: 2 test quadruples
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # imported where used, as the module's other tests do
 
     mlflow = MlflowClient(f"sqlite:///{scratch / 'mlflow.db'}")
     runs = mlflow.search_runs([mlflow.get_experiment_by_name("tempstop").experiment_id])
