@@ -6,11 +6,9 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Telemetry off everywhere.
-export DO_NOT_TRACK := 1
-export MLFLOW_DISABLE_TELEMETRY := true
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export DVC_NO_ANALYTICS := 1
+# Telemetry off everywhere: the variables of pipelines/telemetry.env (the one list), exported.
+include pipelines/telemetry.env
+export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' pipelines/telemetry.env)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
 # Prefect: a local server, process workers for the GPU work pool, the deployments (prefect.yaml).
@@ -48,13 +46,12 @@ os-deps:
 	     (apt-get update -q >/dev/null && apt-get install -y -q chromium postgresql-15 >/dev/null)); \
 	  else echo "note: chromium / postgresql-15 missing and not root: their tests will be skipped"; fi; fi
 
-# The whole pipeline on the generated demo dataset, on whatever device is there (CPU is fine).
-# Ends by promoting the new registry version if it beats the champion (tempstop promote).
+# The whole pipeline on the generated demo dataset, on whatever device is there (CPU is fine):
+# every DVC stage, the last one indexing the test split for search (outputs/index). Ends by
+# promoting the new registry version if it beats the champion (tempstop promote).
 demo: setup
 	$(RUN) dvc repro
 	$(RUN) tempstop promote
-	$(RUN) tempstop reindex --index outputs/index --videos data/demo/test/videos \
-	  --checkpoint models:/tempstop-unified@champion --no-progress
 	@$(MAKE) --no-print-directory metrics
 
 # A tiny end-to-end run (about a minute) through the Prefect flow, in a temporary Prefect server
@@ -117,8 +114,8 @@ clean:
 gpu-check: setup
 	$(PY) benchmarks/gpu_check.py
 
-# Search: `make demo` indexes the demo test split into outputs/index; this serves it with its
-# web page on http://127.0.0.1:8000 (SERVE_PORT=...).
+# Search: `make demo` indexes the demo test split into outputs/index (dvc.yaml's index stage);
+# this serves it with its web page on http://127.0.0.1:8000 (SERVE_PORT=...).
 SERVE_PORT ?= 8000
 serve: setup
 	$(RUN) tempstop serve --index outputs/index --port $(SERVE_PORT)

@@ -5,12 +5,15 @@ several seeds each, trained and evaluated exactly as the pipeline does it.
         [--threads 1] [--epochs N] [--work outputs/ablation] [--out benchmarks/results/ablation.json]
     python benchmarks/ablation.py ... --report [--paused VARIANT SEED SECONDS]   # rewrite outputs only
 
-Each run is ``tempstop train`` with params.yaml (only mode, seed, variant and paths changed;
-MLflow off), then ``evaluate_store`` of its best checkpoint (chosen on val) on val and test.
+Each run is the pipeline's training (``run_training``, what ``tempstop train`` calls) of
+params.yaml's config with only mode, seed, model variant, epochs and paths changed (tracking
+off), then ``evaluate_store`` of its best checkpoint (chosen on val) on val and test. Every
+run trains in a process of its own, started with its whole config (a ``ProjectConfig``).
 Runs go seed by seed, ``--workers`` at a time with ``--threads`` torch threads each (on a
 2-core machine two 1-thread runs finish sooner than one 2-thread run after the other). A
 finished run is kept (``WORK/<variant>_seed<N>/result.json``) and skipped when the script runs
-again, so it can be stopped and resumed. After every run the aggregate is rewritten:
+again, so it can be stopped and resumed. After every run the aggregate is rewritten
+(benchmarks/ablation_report.py):
 
   benchmarks/results/ablation.json           every run, and mean/std per variant
   benchmarks/results/ablation.md             the table of docs/results.md
@@ -33,106 +36,117 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `pipelines` when run as a script from a source checkout
+import numpy as np
+import torch
+from ablation_report import VARIANTS, aggregate, markdown, provenance, recorded_runs, write_outputs
 
-#: variant name -> (training mode, model variant)
-VARIANTS = {
-    "meanP": ("joint", "meanP"),
-    "tempme_only": ("tempme_only", "unified"),
-    "stop_only": ("stop_only", "unified"),
-    "joint": ("joint", "unified"),
-    "sequential": ("sequential", "unified"),
-}
-REPORTED = ("R1", "R5", "MnR")
+from tempstop.config import ProjectConfig, load_config
+from tempstop.data.demo import SPLITS, generate_demo
+from tempstop.data.extract import extract_split
+from tempstop.data.store import FrameStore
+from tempstop.evaluation import build_queries, evaluate_store
+from tempstop.inference.checkpoint import model_from_checkpoint
+from tempstop.training.dataset import group_ids
+from tempstop_pipelines.env import configure_logging, telemetry_off
+from tempstop_pipelines.tracking.provenance import git_commit
+from tempstop_pipelines.training.run import run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+#: Each run starts in a fresh interpreter (its own torch threads) and receives its Job, pickled.
+SPAWN = multiprocessing.get_context("spawn")
 _LOCK = threading.Lock()
 
 
-# ---- one run (child process) --------------------------------------------------------------
-def run_one(variant: str, seed: int, work: Path, frames: Path, epochs: int | None, params: str) -> dict:
-    """Train and evaluate one (variant, seed); returns and writes ``result.json``."""
-    import torch
+@dataclass(frozen=True)
+class Job:
+    """One (variant, seed) run: the whole config it trains with, the frame stores it is
+    evaluated on and the torch threads of its process. Pickled into the run's process."""
 
-    from tempstop.data.store import FrameStore
-    from tempstop.training.checkpoint import load_model
-    from tempstop.training.evaluation import evaluate_store
-    from tempstop_pipelines.cli import main as cli
+    variant: str
+    seed: int
+    config: ProjectConfig
+    frames: Path
+    threads: int = 1
 
+    @property
+    def out(self) -> Path:
+        return Path(self.config.training.checkpoint_dir)
+
+
+def plan_jobs(todo: list[tuple[str, int]], args: argparse.Namespace) -> list[Job]:
+    """The runs of ``todo``, each with its config; the demo data made first where missing."""
+    base = load_config(args.params)
+    ensure_data(base, Path(args.data), Path(args.frames))
+    return [Job(v, s, job_config(base, v, s, args), Path(args.frames), args.threads) for v, s in todo]
+
+
+def job_config(base: ProjectConfig, variant: str, seed: int, args: argparse.Namespace) -> ProjectConfig:
+    """``base`` (the params file) with this run's mode, seed, model variant, epochs and paths."""
     mode, model_variant = VARIANTS[variant]
-    out = work / f"{variant}_seed{seed}"
-    argv = ["train", "--params", params, "--mode", mode, "--seed", str(seed), "--no-progress",
-            "--checkpoint-dir", str(out),
-            "--set", f"model.variant={model_variant}", "--set", "tracking.enabled=false",
-            "--set", f"training.train_data_path={frames / 'train'}",
-            "--set", f"training.val_data_path={frames / 'val'}"]  # fmt: skip
-    if epochs:
-        argv += ["--epochs", str(epochs)]
-    commit = _commit()  # the code this run imports now, not what is checked out when it ends
+    frames = Path(args.frames)
+    over = {"training.mode": mode, "training.seed": seed, "model.variant": model_variant,
+            "training.checkpoint_dir": str(Path(args.work) / f"{variant}_seed{seed}"),
+            "training.train_data_path": str(frames / "train"), "training.val_data_path": str(frames / "val"),
+            "tracking.enabled": False}  # fmt: skip
+    if args.epochs:
+        over["training.num_epochs"] = args.epochs
+    return base.with_overrides(over, f"ablation {variant} seed {seed}")
+
+
+# ---- one run (child process) --------------------------------------------------------------
+def run_job(job: Job) -> None:
+    """The whole work of a run's process: its output goes to ``train.log``."""
+    with (job.out / "train.log").open("w") as log:
+        os.dup2(log.fileno(), sys.stdout.fileno())
+        os.dup2(log.fileno(), sys.stderr.fileno())
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(job.threads)  # and its children
+    torch.set_num_threads(job.threads)
+    configure_logging()  # what `tempstop train` logs
+    run_one(job)
+
+
+def run_one(job: Job) -> dict:
+    """Train and evaluate one (variant, seed); returns and writes ``result.json``."""
+    commit = git_commit(ROOT)  # the code this run imports now, not what is checked out when it ends
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    if cli(argv) != 0:
-        raise RuntimeError(f"training {variant} seed {seed} failed (see its log)")
+    summary = run_training(job.config, progress=False)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    model, _, _ = load_model(out / "best_model.pth", torch.device("cpu"))
+    if summary["best_checkpoint"] is None:
+        raise RuntimeError(f"{job.variant} seed {job.seed}: no epoch had a finite validation R@1")
+    model, _, _ = model_from_checkpoint(summary["best_checkpoint"], CPU)
     result = {
-        "variant": variant,
-        "seed": seed,
+        "variant": job.variant,
+        "seed": job.seed,
         "train_seconds": round(wall, 1),
         "train_cpu_seconds": round(cpu, 1),
     }
     for split in ("val", "test"):
-        store = FrameStore(frames / split)
-        metrics = evaluate_store(model, store, torch.device("cpu"), "demo", return_similarity=True)
+        store = FrameStore(job.frames / split)
+        metrics = evaluate_store(model, store, CPU, "demo", return_similarity=True)
         sim = metrics.pop("similarity")
         result[split] = {k: metrics[k] for k in ("t2v", "v2t", "recall_curve")}
         result[split]["errors"] = error_split(sim, store)
     # The time-reversal check: a model that reads time must drop on backward clips, meanP not.
-    metrics = evaluate_store(model, TimeReversed(FrameStore(frames / "test")), torch.device("cpu"), "demo")
+    metrics = evaluate_store(model, TimeReversed(FrameStore(job.frames / "test")), CPU, "demo")
     result["test_reversed"] = {k: metrics[k] for k in ("t2v", "v2t")}
-    result["history"] = json.loads((out / "history.json").read_text(encoding="utf-8"))
+    result["history"] = json.loads((job.out / "history.json").read_text(encoding="utf-8"))
     # What the aggregate JSON keeps of the history, so a later sitting can resume from it alone.
     result["epochs"] = len(result["history"])
     result["val_t2v_R1_curve"] = [h["val_t2v_R1"] for h in result["history"]]
     result["commit"] = commit
-    (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    (job.out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
-
-
-def _commit() -> str | None:
-    """The checkout's git commit, kept with each run as its provenance."""
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
-                                       stderr=subprocess.DEVNULL).strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def _seeds(n: int) -> str:
-    return f"{n} seed" if n == 1 else f"{n} seeds"
-
-
-def wall_seconds(run: dict) -> float:
-    """Training wall time less any time the run was stopped (SIGSTOP) on purpose, e.g. to
-    measure a benchmark on a quiet machine; ``paused_seconds`` is recorded with ``--paused``."""
-    return run["train_seconds"] - run.get("paused_seconds", 0.0)
-
-
-def _curve(run: dict) -> list[float] | None:
-    """Validation t2v R@1 per epoch of one run (from a fresh run's history or the JSON)."""
-    if "val_t2v_R1_curve" in run:
-        return run["val_t2v_R1_curve"]
-    if "history" in run:
-        return [h["val_t2v_R1"] for h in run["history"]]
-    return None
 
 
 class TimeReversed:
@@ -146,8 +160,6 @@ class TimeReversed:
         return len(self.store)
 
     def load(self, index: int):
-        import numpy as np
-
         frames, mask = self.store.load(index)  # [T, S, S, 3], [T]
         valid = np.flatnonzero(np.asarray(mask, dtype=bool))
         frames = np.array(frames)  # a copy: the store's array may be a read-only memory map
@@ -161,8 +173,6 @@ def error_split(sim, store) -> dict:
 
     ``sim`` ``[Q, V]``, queries in :func:`build_queries` order (every caption of every video).
     """
-    from tempstop.training.dataset import build_queries, group_ids
-
     groups = group_ids(store)
     _, owner = build_queries(store.items, paragraph=False)  # [Q] video of each query
     top = sim.argmax(dim=1)  # [Q]
@@ -179,159 +189,23 @@ def error_split(sim, store) -> dict:
     return {k: round(100.0 * c / n, 2) for k, c in counts.items()}
 
 
-def in_quadruple_r1(errors: dict) -> float:
-    """Of the queries whose top-1 video is in their own quadruple, the % that got the exact
-    clip: the temporal part of R@1 alone (an order-blind model sits at 25 %)."""
-    inside = errors["correct"] + errors["same_quadruple"]
-    return 100.0 * errors["correct"] / inside if inside else float("nan")
-
-
-# ---- aggregation --------------------------------------------------------------------------
-def _mean_std(values: list[float]) -> dict:
-    return {
-        "mean": round(statistics.fmean(values), 2),
-        "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
-        "n": len(values),
-    }
-
-
-def aggregate(results: list[dict]) -> dict:
-    """Mean and std over seeds, per variant, of every reported figure."""
-    summary = {}
-    for variant in VARIANTS:
-        runs = [r for r in results if r["variant"] == variant]
-        if not runs:
-            continue
-        row = {"seeds": sorted(r["seed"] for r in runs)}
-        for split in ("val", "test"):
-            for direction in ("t2v", "v2t"):
-                for k in REPORTED:
-                    row[f"{split}_{direction}_{k}"] = _mean_std([r[split][direction][k] for r in runs])
-            for kind in ("same_quadruple", "other_quadruple"):
-                row[f"{split}_err_{kind}"] = _mean_std([r[split]["errors"][kind] for r in runs])
-            row[f"{split}_in_quadruple_R1"] = _mean_std([in_quadruple_r1(r[split]["errors"]) for r in runs])
-        if all("test_reversed" in r for r in runs):
-            for direction in ("t2v", "v2t"):
-                row[f"test_reversed_{direction}_R1"] = _mean_std([r["test_reversed"][direction]["R1"] for r in runs])
-        row["train_minutes"] = _mean_std([wall_seconds(r) / 60 for r in runs])
-        row["train_cpu_minutes"] = _mean_std([r["train_cpu_seconds"] / 60 for r in runs])
-        row["epochs"] = runs[0]["epochs"] if "epochs" in runs[0] else len(runs[0]["history"])
-        summary[variant] = row
-    return summary
-
-
-def markdown(summary: dict) -> str:
-    """The table of docs/results.md: mean ± std over seeds."""
-
-    def cell(stat: dict, digits: int = 1) -> str:
-        if stat.get("n", 2) < 2:  # one seed: no spread to show
-            return f"{stat['mean']:.{digits}f}"
-        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-
-    head = (
-        "| variant | seeds | test t2v R@1 | R@5 | MnR | test v2t R@1 | R@5 | MnR | val t2v R@1 | val v2t R@1 "
-        "| test top-1 in own quadruple: exact clip (%) | test errors: same quadruple / other (%) "
-        "| time-reversed test t2v R@1 | training CPU min (wall) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-    )
-    rows = []
-    for variant, s in summary.items():
-        rows.append(
-            f"| {variant} | {len(s['seeds'])} | {cell(s['test_t2v_R1'])} | {cell(s['test_t2v_R5'])} "
-            f"| {cell(s['test_t2v_MnR'], 2)} | {cell(s['test_v2t_R1'])} | {cell(s['test_v2t_R5'])} "
-            f"| {cell(s['test_v2t_MnR'], 2)} | {cell(s['val_t2v_R1'])} | {cell(s['val_v2t_R1'])} "
-            f"| {cell(s['test_in_quadruple_R1'])} "
-            f"| {s['test_err_same_quadruple']['mean']:.1f} / {s['test_err_other_quadruple']['mean']:.1f} "
-            f"| {cell(s['test_reversed_t2v_R1']) if 'test_reversed_t2v_R1' in s else 'n/a'} "
-            f"| {s['train_cpu_minutes']['mean']:.1f} ({s['train_minutes']['mean']:.1f}) |"
-        )
-    return head + "\n".join(rows) + "\n"
-
-
-def plot(results: list[dict], out_dir: Path) -> None:
-    """Recall-at-K (test, t2v) and validation R@1 per epoch, mean over seeds, per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    fig2, ax2 = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    for variant in VARIANTS:
-        runs = [r for r in results if r["variant"] == variant]
-        if not runs:
-            continue
-        curves = [r["test"]["recall_curve"]["t2v"][:10] for r in runs]
-        ks = range(1, min(map(len, curves)) + 1)
-        ax.plot(ks, [statistics.fmean(c[k - 1] for c in curves) for k in ks], marker="o", ms=3,
-                label=f"{variant} ({_seeds(len(runs))})")  # fmt: skip
-        curves = [c for c in map(_curve, runs) if c]  # runs resumed from an older JSON have none
-        if curves:
-            epochs = min(map(len, curves))
-            r1 = [statistics.fmean(c[e] for c in curves) for e in range(epochs)]
-            ax2.plot(range(1, epochs + 1), r1, marker="o", ms=3, label=f"{variant} ({_seeds(len(curves))})")
-    ax.axhline(25, color="grey", ls=":", lw=1)
-    ax.text(10, 26, "order-blind ceiling at R@1 (~25 %)", ha="right", fontsize=7, color="grey")
-    for a, xlabel, ylabel, title in (
-        (ax, "K", "test t2v recall at K (%)", "Recall at K on the demo test split"),
-        (ax2, "epoch", "validation t2v R@1 (%)", "Validation R@1 during training"),
-    ):
-        a.set_xlabel(xlabel)
-        a.set_ylabel(ylabel)
-        a.set_title(title, fontsize=10)
-        a.grid(alpha=0.3)
-        if a.get_lines():
-            a.legend(fontsize=8)
-        else:  # e.g. only runs resumed from a JSON written before curves were kept
-            a.text(0.5, 0.5, "no per-epoch history recorded", ha="center", transform=a.transAxes)
-    for f, name in ((fig, "ablation_recall.png"), (fig2, "ablation_curves.png")):
-        f.tight_layout()
-        tmp = out_dir / f".{name}.tmp.png"
-        f.savefig(tmp)
-        os.replace(tmp, out_dir / name)
-        plt.close(f)
-
-
-def write_outputs(results: list[dict], args, machine: dict) -> None:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    summary = aggregate(results)
-    slim = [{k: v for k, v in r.items() if k != "history"} for r in results]
-    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
-    doc = {"command": command, "machine": machine,
-           "params": args.params, "summary": summary, "runs": slim}  # fmt: skip
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    os.replace(tmp, out)
-    out.with_suffix(".md").write_text(markdown(summary), encoding="utf-8")
-    plot(results, out.parent)
-
-
 # ---- orchestration ------------------------------------------------------------------------
-def ensure_data(params: str, data: Path, frames: Path) -> None:
-    """Generate and extract the demo with the pipeline's own commands when missing."""
-    from tempstop_pipelines.cli import main as cli
-
+def ensure_data(cfg: ProjectConfig, data: Path, frames: Path) -> None:
+    """Generate the demo (``cfg.demo``) and extract its frames (``cfg.extract``,
+    ``model.frames``) as the pipeline's stages do, where missing."""
     if not (data / "test" / "annotations.json").is_file():
         print(f"generating the demo into {data}", flush=True)
-        if cli(["demo-data", "--params", params, "--out", str(data), "--no-progress"]) != 0:
-            raise SystemExit("demo generation failed")
-    if not all((frames / s / "index.json").is_file() for s in ("train", "val", "test")):
-        print(f"extracting frames into {frames}", flush=True)
-        if (
-            cli(["extract", "--params", params, "--data", str(data), "--out", str(frames), "--no-progress"])
-            != 0
-        ):
-            raise SystemExit("frame extraction failed")
-
-
-def recorded_runs(out: Path) -> dict[tuple[str, int], dict]:
-    """The runs already in the aggregate JSON, by (variant, seed): the work directory may be
-    gone (another machine or checkout) while the committed JSON still holds every finished run."""
-    if not out.is_file():
-        return {}
-    runs = json.loads(out.read_text(encoding="utf-8")).get("runs", [])
-    return {(r["variant"], r["seed"]): r for r in runs}
+        try:
+            generate_demo(data, cfg.demo, progress=False)
+        except ValueError as exc:  # impossible sizes: the message names the param
+            raise SystemExit(f"demo generation failed: {exc}") from None
+    for split in SPLITS:
+        if not (frames / split / "index.json").is_file():
+            print(f"extracting {split} frames into {frames / split}", flush=True)
+            s = extract_split(data / split, frames / split, cfg.extract, cfg.model.frames, progress=False,
+                              datatype=cfg.data.datatype, checks=cfg.validate_)  # fmt: skip
+            if not s["items"]:
+                raise SystemExit(f"frame extraction of {data / split} failed: {s['failures'][:3]}")
 
 
 def record_pause(work: Path, results: list[dict], variant: str, seed: int, seconds: float) -> None:
@@ -347,26 +221,57 @@ def record_pause(work: Path, results: list[dict], variant: str, seed: int, secon
         done.write_text(json.dumps(data, indent=1), encoding="utf-8")
 
 
-def launch(variant: str, seed: int, args) -> dict | None:
-    """Run one job in a child process (its own torch threads); returns its result."""
-    out = Path(args.work) / f"{variant}_seed{seed}"
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, __file__, "--job", variant, str(seed), "--work", args.work,
-           "--frames", args.frames, "--params", args.params]  # fmt: skip
-    if args.epochs:
-        cmd += ["--epochs", str(args.epochs)]
+def finished_runs(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, int]]]:
+    """The runs done (in WORK, or in the aggregate JSON of an earlier sitting) and those to run,
+    seed-major: a stopped ablation still has whole seeds."""
+    results, todo = [], []
+    recorded = recorded_runs(Path(args.out))
+    for seed in args.seeds:
+        for variant in args.variants:
+            done = Path(args.work) / f"{variant}_seed{seed}" / "result.json"
+            if done.is_file():
+                results.append(json.loads(done.read_text(encoding="utf-8")))
+            elif (variant, seed) in recorded:  # finished in an earlier sitting, work dir gone
+                results.append(recorded[variant, seed])
+            else:
+                todo.append((variant, seed))
+    return results, todo
+
+
+def launch(job: Job) -> dict | None:
+    """Run ``job`` in a fresh process (:func:`run_job`); its result, or None when it failed."""
+    job.out.mkdir(parents=True, exist_ok=True)
     with _LOCK:
-        print(f"start {variant} seed {seed} (log: {out / 'train.log'})", flush=True)
-    with (out / "train.log").open("w") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if code != 0:
-        print(f"FAILED {variant} seed {seed} (exit {code}); see {out / 'train.log'}", flush=True)
+        print(f"start {job.variant} seed {job.seed} (log: {job.out / 'train.log'})", flush=True)
+    process = SPAWN.Process(target=run_job, args=(job,), name=f"ablation-{job.variant}-seed{job.seed}")
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        print(f"FAILED {job.variant} seed {job.seed} (exit {process.exitcode}); see {job.out / 'train.log'}",
+              flush=True)  # fmt: skip
         return None
-    return json.loads((out / "result.json").read_text(encoding="utf-8"))
+    return json.loads((job.out / "result.json").read_text(encoding="utf-8"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_all(jobs: list[Job], workers: int, results: list[dict], report) -> int:
+    """Run ``jobs``, ``workers`` at a time; each result joins ``results`` and ``report()``
+    rewrites the outputs. Returns the number of runs that failed."""
+    failed = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in as_completed([pool.submit(launch, job) for job in jobs]):
+            result = future.result()
+            if result is None:
+                failed += 1
+                continue
+            with _LOCK:
+                results.append(result)
+                report()
+                print(f"done {result['variant']} seed {result['seed']}: test t2v R@1 "
+                      f"{result['test']['t2v']['R1']:.1f} in {result['train_seconds'] / 60:.1f} min", flush=True)  # fmt: skip
+    return failed
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -382,53 +287,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="only rewrite the JSON, table and plots from the runs done")
     p.add_argument("--paused", nargs=3, action="append", default=[], metavar=("VARIANT", "SEED", "SECONDS"),
                    help="record that a finished run was stopped this long (its wall time excludes it)")
-    p.add_argument("--job", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.job:
-        run_one(args.job[0], int(args.job[1]), Path(args.work), Path(args.frames), args.epochs, args.params)
-        return 0
+    return p.parse_args(argv)
 
-    ensure_data(args.params, Path(args.data), Path(args.frames))
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    telemetry_off()  # for this process and the runs' processes
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "workers": args.workers, "threads_per_run": args.threads}  # fmt: skip
-    results, todo = [], []
-    recorded = recorded_runs(Path(args.out))
-    for seed in args.seeds:  # seed-major: a stopped run still has whole seeds
-        for variant in args.variants:
-            done = Path(args.work) / f"{variant}_seed{seed}" / "result.json"
-            if done.is_file():
-                results.append(json.loads(done.read_text(encoding="utf-8")))
-            elif (variant, seed) in recorded:  # finished in an earlier sitting, work dir gone
-                results.append(recorded[variant, seed])
-            else:
-                todo.append((variant, seed))
+    doc = {"command": "python benchmarks/ablation.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "machine": machine, "params": args.params}  # fmt: skip
+    results, todo = finished_runs(args)
     for variant, seed, seconds in args.paused:
         record_pause(Path(args.work), results, variant, int(seed), float(seconds))
     print(f"{len(results)} runs already done, {len(todo)} to run", flush=True)
-    if args.report:
-        if results:
-            write_outputs(results, args, machine)
-            print(markdown(aggregate(results)))
-        return 0
     failed = 0
-    with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(launch, variant, seed, args): (variant, seed) for variant, seed in todo}
-        for future in as_completed(futures):
-            (variant, seed), result = futures[future], future.result()
-            if result is None:
-                failed += 1
-                continue
-            with _LOCK:
-                results.append(result)
-                write_outputs(results, args, machine)
-                t = result["test"]["t2v"]
-                print(f"done {variant} seed {seed}: test t2v R@1 {t['R1']:.1f} in "
-                      f"{result['train_seconds'] / 60:.1f} min", flush=True)  # fmt: skip
+    if not args.report:
+        jobs = plan_jobs(todo, args)
+        failed = run_all(jobs, args.workers, results, lambda: write_outputs(results, Path(args.out), doc))
     if results:
-        write_outputs(results, args, machine)
+        write_outputs(results, Path(args.out), doc)
         print(markdown(aggregate(results)))
+        print(provenance(results))
     return 1 if failed else 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -24,6 +24,10 @@ from pathlib import Path
 
 import torch
 
+from tempstop.data.store import FrameStore
+from tempstop.inference.checkpoint import model_from_checkpoint
+from tempstop.inference.embed import embed_texts, embed_videos
+
 ATTRS = ("colour", "shape", "motion")
 
 
@@ -34,11 +38,7 @@ def differences(a: list, b: list) -> tuple[str, ...]:
 
 def probe(checkpoint: str, frames: str) -> dict:
     """``{difference: {"pairs", "video_cos", "text_cos"}}`` over the split's clip pairs."""
-    from tempstop.data.store import FrameStore
-    from tempstop.training.checkpoint import load_model
-    from tempstop.training.evaluation import embed_texts, embed_videos
-
-    model, _, _ = load_model(checkpoint)
+    model, _, _ = model_from_checkpoint(checkpoint)
     store = FrameStore(frames)
     source = Path(store.source) / "annotations.json"
     events = {a["video_id"]: a.get("events") for a in json.loads(source.read_text(encoding="utf-8"))}

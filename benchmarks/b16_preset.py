@@ -19,15 +19,17 @@ from pathlib import Path
 
 import torch
 
+from tempstop.config import ModelConfig, TempMeConfig
+from tempstop.model import create_unified_model
+from tempstop.model.merge import merge_count
+from tempstop.model.profile import token_schedule, visual_gflops
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 PAPER = {"output_tokens": 127, "gflops": 121.4}
 
 
 def output_tokens(n: int, r: int, cross: float, intra: float, ks=(2, 2, 3), frames: int = 12) -> int:
     """Tokens per video after the 12 layers: ImgMe on 0-7, ClipMe on 8-10, layer 11 intra only."""
-    from tempstop.model.merge import merge_count
-
     c, seqs = 1, frames
     for _ in range(8):
         n -= min(r, (n - c) // 2)
@@ -45,10 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "b16_preset.json"))
     args = parser.parse_args(argv)
-    from tempstop.config import ModelConfig, TempMeConfig
-    from tempstop.model import create_unified_model
-    from tempstop.model.profile import token_schedule, visual_gflops
-
     grid = [x / 100 for x in range(5, 100, 5)]
     found = [
         (r, a, b)

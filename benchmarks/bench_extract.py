@@ -35,19 +35,20 @@ import statistics
 import sys
 import tempfile
 import time
+from multiprocessing import forkserver
 from pathlib import Path
 
+import decord
 import numpy as np
 
-for _k, _v in {"DO_NOT_TRACK": "1", "GX_ANALYTICS_ENABLED": "false"}.items():
-    os.environ.setdefault(_k, _v)
-
-from tempstop.config import ExtractConfig  # noqa: E402
-from tempstop.data.annotations import read_annotations  # noqa: E402
-from tempstop.data.extract import extract_split  # noqa: E402
-from tempstop.data.mp4 import write_video  # noqa: E402
-from tempstop.data.video import decode_dims, frame_times, open_reader, sample_indices, video_size  # noqa: E402
-from tempstop.utils import atomic_write_json  # noqa: E402
+import tempstop.data.extract_jobs as jobs_module
+from tempstop.config import ExtractConfig
+from tempstop.data.annotations import read_annotations
+from tempstop.data.extract import extract_split
+from tempstop.data.mp4 import write_video
+from tempstop.data.video import decode_dims, frame_times, open_reader, sample_indices, video_size
+from tempstop.utils import atomic_write_json
+from tempstop_pipelines.env import telemetry_off
 
 RESULTS = Path(__file__).resolve().parent / "results" / "extract.json"
 #: The timed extractions: key -> (worker processes, small videos per worker message; None:
@@ -115,8 +116,6 @@ def _forkserver_cpu() -> float:
     Workers are the fork server's children, not ours, so RUSAGE_CHILDREN misses them; the
     server's /proc entry holds its own (utime, stime) and its children's (cutime, cstime).
     """
-    from multiprocessing import forkserver
-
     pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
     if not pid:
         return 0.0
@@ -141,8 +140,6 @@ def _since(start: tuple[float, float]) -> tuple[float, float]:
 
 def bare_decode(jobs: list[Job], reduced: bool = True, threads: int = 1) -> tuple[float, float]:
     """(wall, CPU) seconds to open each video and decode its frames; nothing else."""
-    import decord
-
     t0 = _clock()
     for path, idx, (width, height) in jobs:
         if not reduced:
@@ -158,8 +155,6 @@ def extraction(
 ) -> tuple[float, float]:
     """(wall, CPU incl. worker processes) seconds for a complete extraction into an empty store;
     ``batch``: small videos per worker message (default: extraction's own, ``BATCH_VIDEOS``)."""
-    import tempstop.data.extract_jobs as jobs_module
-
     default = jobs_module.BATCH_VIDEOS
     out = Path(tempfile.mkdtemp(dir=scratch))
     jobs_module.BATCH_VIDEOS = batch or default
@@ -262,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
-
+    telemetry_off()
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         tmp = Path(tmp)
         inputs = Path(args.inputs) if args.inputs else tmp

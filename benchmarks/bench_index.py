@@ -35,7 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
+import torch
 
 from tempstop import vector_index as vi
 from tempstop.utils import atomic_write_json, atomic_write_text
@@ -88,8 +90,6 @@ def latency_ms(index: vi.VectorIndex, q: np.ndarray, allowed=None) -> dict[str, 
     warm-up): wall clock (``p50``, ``p99``: what a caller waits, including time the scheduler gave
     to other processes) and this thread's CPU time (``cpu_p50``, ``cpu_p99``: the work itself,
     close to the wall clock on an idle machine)."""
-    import faiss
-
     faiss.omp_set_num_threads(1)
     for i in range(min(10, len(q))):
         vi.search(index, q[i : i + 1], K, allowed)
@@ -120,8 +120,6 @@ def measure(
     name: str, x: np.ndarray, spec: vi.IndexSpec, queries: dict, truth: dict, args, tmp: Path
 ) -> dict:
     """Build, time and check one index; ``truth``: exact top-K ids per query set (None: this is it)."""
-    import faiss
-
     faiss.omp_set_num_threads(2)
     rss0 = rss_bytes()
     t0 = time.perf_counter()
@@ -185,9 +183,6 @@ def save_and_mmap(index: vi.VectorIndex, q: np.ndarray, path: Path) -> dict:
 
 # ---- report ------------------------------------------------------------------------------
 def machine() -> dict:
-    import faiss
-    import torch
-
     with open("/proc/cpuinfo") as f:
         cpu = next(
             (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),

@@ -11,7 +11,7 @@ timed round-robin, so load from other processes hits them alike; the load averag
 recorded with the results. Goals are judged on wall-clock videos/s.
 
 What is compared: TempMe, STOP and unified train parameter-efficiently on a frozen backbone
-(DESIGN 1: real weights are frozen); meanP is CLIP4Clip's mean pooling, which fine-tunes the
+(docs/design.md §1: real weights are frozen); meanP is CLIP4Clip's mean pooling, which fine-tunes the
 whole CLIP (with a frozen backbone meanP has nothing to train). The goals checked:
 unified GFLOPs <= 1.01 x TempMe and <= 0.66 x meanP; unified inference >= 1.5 x meanP's
 videos/s on B/32 and >= 1.7 x on B/16 (its FLOP ratio is ~1.74); unified training time per
@@ -30,19 +30,30 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import torch
 
+from tempstop.config import ModelConfig, Variant, load_config
+from tempstop.model import create_unified_model
+from tempstop.model.profile import (
+    CONVENTION,
+    dummy_batch,
+    token_schedule,
+    trainable_parameters,
+    visual_gflops,
+)
+from tempstop.utils import atomic_write_json
+from tempstop_pipelines.env import telemetry_off
+
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("meanP", "tempme", "stop", "unified")
+#: Every model variant, in the tables' order: the baseline (meanP) first, the unified model last.
+VARIANTS = tuple(sorted(get_args(Variant), key=lambda v: (v != "meanP", v == "unified")))
 #: Inference speed-up over meanP that unified must reach, per backbone.
 SPEED_GOAL = {"ViT-B-32": 1.5, "ViT-B-16": 1.7}
 
 
 def build(backbone: str, variant: str, size: int, frames: int):
-    from tempstop.config import ModelConfig
-    from tempstop.model import create_unified_model
-
     cfg = ModelConfig(
         backbone=backbone, variant=variant, image_size=size, frames=frames, freeze_backbone=variant != "meanP"
     )
@@ -53,8 +64,6 @@ def build(backbone: str, variant: str, size: int, frames: int):
 def timed_round_robin(models: dict, frames: int, size: int, batch: int, iters: int, train: bool) -> dict:
     """Per variant: ``(videos/s by wall clock, videos per CPU-second of this process, the
     steps' wall-clock seconds)``, medians over ``iters`` steps after one warm-up step each."""
-    from tempstop.model.profile import dummy_batch
-
     data = dummy_batch(next(iter(models.values())), batch, frames, size)
     steps = {}
     for name, model in models.items():
@@ -94,8 +103,6 @@ def _step_fn(model, data, opt, train: bool):
 
 
 def bench_backbone(backbone: str, frames: int, size: int, batch: int, iters: int) -> dict:
-    from tempstop.model.profile import token_schedule, trainable_parameters, visual_gflops
-
     models = {v: build(backbone, v, size, frames) for v in VARIANTS}
     rows = {}
     for v, model in models.items():
@@ -150,10 +157,6 @@ def goals(result: dict) -> dict:
 
 def bench_demo_step(threads: int) -> dict:
     """Seconds per training step of the tiny demo model (batch 32 x 8 frames, 64 px)."""
-    from tempstop.config import load_config
-    from tempstop.model import create_unified_model
-    from tempstop.model.profile import dummy_batch
-
     cfg = load_config(ROOT / "params.yaml")
     torch.manual_seed(0)
     model = create_unified_model(cfg).train()
@@ -244,11 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-demo", dest="demo", action="store_false", help="skip the tiny demo step timing")
     args = parser.parse_args(argv)
-    for key in ("DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY"):
-        os.environ.setdefault(key, "1" if key == "DO_NOT_TRACK" else "true")
-    from tempstop.model.profile import CONVENTION
-    from tempstop.utils import atomic_write_json
-
+    telemetry_off()
     start, load_before = time.time(), os.getloadavg()
     threads = args.threads or _default_threads(load_before[0])
     torch.set_num_threads(threads)

@@ -41,12 +41,19 @@ import tempfile
 import time
 from pathlib import Path
 
-for _k, _v in {"DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "RAY_USAGE_STATS_ENABLED": "0", "PREFECT_LOGGING_LEVEL": "WARNING"}.items():  # fmt: skip
-    os.environ.setdefault(_k, _v)
+import torch
+from bench_extract import make_split
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_extract import make_split  # noqa: E402
+from tempstop.config import ProjectConfig, UnifiedModelConfig
+from tempstop.data.extract import extract_split
+from tempstop.inference.checkpoint import save_checkpoint
+from tempstop.model import create_unified_model
+from tempstop.utils import atomic_write_json
+from tempstop_pipelines import cli
+from tempstop_pipelines.env import telemetry_off
+
+# Prefect (the flows, the test server) and Ray are imported where used: Ray is an optional
+# extra, and Prefect reads its settings when imported, so only after main() has set them.
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
 FRAMES, SIZE = 8, 64
@@ -55,12 +62,6 @@ PATHS = ("extract_local", "extract_ray", "index_local", "index_ray")
 
 def _checkpoint(path: Path) -> Path:
     """The tiny model (4 frames), random weights: indexing cost, not quality."""
-    import torch
-
-    from tempstop.config import UnifiedModelConfig
-    from tempstop.model import create_unified_model
-    from tempstop.training.checkpoint import save_checkpoint
-
     cfg = UnifiedModelConfig().with_overrides({"model.frames": 4})
     torch.manual_seed(0)
     state = {"config": cfg.to_dict(), "model": create_unified_model(cfg).state_dict(), "epoch": 0, "step": 0,
@@ -88,25 +89,18 @@ class Runner:
         return out
 
     def extract_local(self, out: Path) -> dict:
-        from tempstop.config import ProjectConfig
-        from tempstop.data.extract import extract_split
-
         cfg = ProjectConfig.from_file(self.params)
         return extract_split(self.split, out / self.split.name, cfg.extract, cfg.model.frames, progress=False,
                              workers=self.k, datatype=cfg.data.datatype, checks=cfg.validate_)  # fmt: skip
 
     def extract_ray(self, out: Path) -> dict:
-        from tempstop_pipelines.flows.extract import run
+        from tempstop_pipelines.flows.extract import run  # Prefect: see the imports
 
         summaries = run(self.address, data=str(self.split.parent), out=str(out), params=str(self.params),
                         split=self.split.name, workers=1)  # fmt: skip
         return summaries[self.split.name]
 
     def index_local(self, out: Path) -> dict:
-        import torch
-
-        from tempstop_pipelines import cli
-
         torch.set_num_threads(self.k)
         args = ["index", "--checkpoint", str(self.ckpt), "--videos", str(self.videos), "--out", str(out),
                 "--shard-size", str(self.index_shard), "--workers", str(self.k), "--batch-size", "32", "--no-progress",
@@ -116,7 +110,7 @@ class Runner:
         return json.loads((out / "manifest.json").read_text())
 
     def index_ray(self, out: Path) -> dict:
-        from tempstop_pipelines.flows.index import run
+        from tempstop_pipelines.flows.index import run  # Prefect: see the imports
 
         return run(self.address, videos=str(self.videos), out=str(out), checkpoint=str(self.ckpt),
                    shard_size=self.index_shard, batch_size=32, workers=1)  # fmt: skip
@@ -131,7 +125,7 @@ class Runner:
 def bench_cores(k: int, split: Path, videos: Path, params: Path, ckpt: Path, scratch: Path,
                 args: argparse.Namespace) -> dict:  # fmt: skip
     """Round-robin repeats of the four paths on a k-CPU Ray cluster and k local processes."""
-    import ray
+    import ray  # the optional `ray` extra
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": k, "include_dashboard": False})
@@ -237,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", help="folder keeping the generated clips between runs (default: temporary)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
-    from prefect.testing.utilities import prefect_test_harness
+    telemetry_off()  # Ray's usage statistics included
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the flows' task logs would drown the table
+    from prefect.testing.utilities import prefect_test_harness  # Prefect: see the imports
 
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         tmp = Path(tmp)
@@ -263,8 +259,6 @@ def main(argv: list[str] | None = None) -> int:
         "projection_1e6_videos": {"cores_per_machine": args.machine_cores, "rows": proj,
                                   "assumes": "linear scaling at the best per-core Ray rate measured here, 96x96 clips"},  # fmt: skip
     }
-    from tempstop.utils import atomic_write_json
-
     atomic_write_json(args.out, payload)
     print(f"\nwritten: {args.out}")
     return 0

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,15 +31,18 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
+from tempstop.config import DemoConfig
+from tempstop.data.demo import COLOURS, MOTIONS, SHAPES, caption, generate_demo
+from tempstop_pipelines.serve.client import wait_until_healthy
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 MODEL = ROOT / "tests" / "fixtures" / "demo_model" / "best_model.pth"
 
 
 def demo_queries(n: int, seed: int = 0) -> list[str]:
     """``n`` distinct captions in the demo grammar (two events, three templates)."""
-    from tempstop.data.demo import COLOURS, MOTIONS, SHAPES, caption
-
     events = list(itertools.product(COLOURS, SHAPES, MOTIONS))
     rng = random.Random(seed)
     out: set[str] = set()
@@ -49,9 +53,6 @@ def demo_queries(n: int, seed: int = 0) -> list[str]:
 
 
 def build_index(work: Path) -> Path:
-    from tempstop.config import DemoConfig
-    from tempstop.data.demo import generate_demo
-
     generate_demo(work / "demo", DemoConfig(train_quadruples=1), progress=False)
     out = work / "index"
     subprocess.run([sys.executable, "-m", "tempstop_pipelines.cli", "index", "--checkpoint", str(MODEL), "--videos",
@@ -61,8 +62,6 @@ def build_index(work: Path) -> Path:
 
 
 def run_pass(url: str, queries: list[str], clients: int) -> dict:
-    import httpx
-
     latencies: list[float] = []
     errors = []
     lock = threading.Lock()
@@ -108,24 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
     args = parser.parse_args(argv)
-    import httpx
-
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         index = build_index(Path(tmp))
-        with __import__("socket").socket() as s:
+        with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen([sys.executable, "-m", "tempstop_pipelines.cli", "serve", "--index", str(index), "--port",
                                    str(port), "--watch", "0"], cwd=ROOT)  # fmt: skip
         try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            if not wait_until_healthy(url, timeout_s=120):
+                raise SystemExit(f"bench_serve: the service on {url} did not start")
             queries = demo_queries(args.queries)
             distinct = run_pass(url, queries, args.clients)
             repeated = run_pass(url, queries, args.clients)

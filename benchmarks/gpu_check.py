@@ -26,33 +26,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import socket
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from tempstop.config import ModelConfig
+from tempstop.data.transforms import frames_to_tensor
+from tempstop.inference.checkpoint import load_model_weights
+from tempstop.model import create_unified_model
+from tempstop.model.official import convert_tempme_state_dict
+from tempstop.model.profile import dummy_batch, token_schedule
+from tempstop_pipelines.env import telemetry_off
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 FIXTURE = ROOT / "tests" / "fixtures" / "tempme"
 TOLERANCE = {"fp32": 1e-5, "tf32": 5e-3}
 
 
 def build(backbone: str, variant: str, device, frames: int = 12):
-    from tempstop.config import ModelConfig
-    from tempstop.model import create_unified_model
-
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=backbone, variant=variant, frames=frames, freeze_backbone=variant != "meanP")
     return create_unified_model(cfg).to(device)
 
 
 def batch_for(model, batch: int, frames: int, device) -> dict:
-    from tempstop.model.profile import dummy_batch
-
     data = dummy_batch(model, batch, frames)
     return {k: v.to(device) for k, v in data.items()}
 
@@ -101,8 +106,6 @@ def amp_training(backbone: str, frames: int, batch: int, iters: int, device) -> 
 
 def inference(backbones: list[str], frames: int, batch: int, iters: int, device) -> dict:
     """Inference videos/s of meanP and unified per backbone (bf16 autocast), and their ratio."""
-    from tempstop.model.profile import token_schedule
-
     out = {}
     for backbone in backbones:
         row = {}
@@ -130,9 +133,6 @@ def inference(backbones: list[str], frames: int, batch: int, iters: int, device)
 
 def ddp_step(backbone: str, frames: int, device) -> dict:
     """One DDP training step (world size 1) against the same step without DDP."""
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
     backend = "nccl" if device.type == "cuda" else "gloo"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -177,14 +177,6 @@ class _LossModule(torch.nn.Module):
 
 def parity(device) -> dict:
     """The official TempMe outputs of tests/fixtures/tempme on ``device``, TF32 off and on."""
-    import numpy as np
-    import torch.nn.functional as F
-
-    from tempstop.data.transforms import frames_to_tensor
-    from tempstop.model import create_unified_model
-    from tempstop.model.official import convert_tempme_state_dict
-    from tempstop.training.checkpoint import load_model_weights
-
     ref = torch.load(FIXTURE / "reference.pt", map_location="cpu", weights_only=True)
     state = torch.load(FIXTURE / "official_model.pt", map_location="cpu", weights_only=True)
     cfg, weights = convert_tempme_state_dict(state, "official_model.pt")
@@ -222,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu.json"))
     parser.add_argument("--dry-run", action="store_true", help="tiny backbone on the CPU (tests the script)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("DO_NOT_TRACK", "1")
+    telemetry_off()
     if args.dry_run:
         device, b32, b16, frames, batch, iters = (
             torch.device("cpu"),

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import pytest
 
-# Telemetry off before any library that phones home is imported by a test module.
-for _key, _value in {
-    "DO_NOT_TRACK": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-}.items():
-    os.environ.setdefault(_key, _value)
+from tempstop_pipelines.env import telemetry_off
 
-import pytest  # noqa: E402
+# Telemetry off (every switch of pipelines/telemetry.env) before any library that phones home
+# is imported by a test module.
+telemetry_off()
 
 #: Sizes of the session demo dataset: 2 quadruples = 8 clips per split.
 TINY_DEMO = {"train_quadruples": 2, "val_quadruples": 2, "test_quadruples": 2, "workers": 1, "seed": 0}

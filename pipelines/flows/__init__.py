@@ -1,6 +1,6 @@
 """Prefect orchestration of the TempMe-STOP pipeline.
 
-``plan``     the stage commands (shared with dvc.yaml; no Prefect import)
+``plan``     the stages as typed calls (the same as dvc.yaml's commands; no Prefect import)
 ``retrain``  the ``tempstop-retrain`` flow: stages as tasks, retries, final promotion
 ``extract``  the ``tempstop-extract`` flow: split extraction shard by shard, locally or on Ray
 ``index``    the ``tempstop-index`` flow: collection indexing shard by shard, locally or on Ray

@@ -25,14 +25,16 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tempstop.config import ProjectConfig
+from tempstop.data.annotations import find_splits
+from tempstop.data.extract import extract_shard, finish_split, plan_split
+
 FLOW_NAME = "tempstop-extract"
 
 
 @task(name="extract-shard", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def shard_task(shard: dict, workers: int, timeout_s: float) -> dict:
     """Extract one shard; returns its result (``id``, ``done``, ``num_valid``, ``failed``)."""
-    from tempstop.data.extract import extract_shard
-
     return extract_shard(shard, workers, timeout_s)
 
 
@@ -46,10 +48,6 @@ def extract_flow(
     one, else the defaults); ``shard_size`` and ``workers``
     (decoding processes per task) override ``extract.shard_size`` and ``extract.workers``.
     Returns the summaries of ``tempstop extract`` by split."""
-    from tempstop.config import ProjectConfig
-    from tempstop.data.annotations import find_splits
-    from tempstop.data.extract import finish_split, plan_split
-
     logger = get_run_logger()
     if params is None and Path("params.yaml").is_file():
         params = "params.yaml"
@@ -77,7 +75,7 @@ def run(ray_address: str | None = None, **kw) -> dict:
     """:func:`extract_flow` on local threads, or on the Ray cluster at ``ray_address``."""
     if not ray_address:
         return extract_flow(**kw)
-    from prefect_ray import RayTaskRunner
+    from prefect_ray import RayTaskRunner  # optional: the `ray` extra
 
     return extract_flow.with_options(task_runner=RayTaskRunner(address=ray_address))(**kw)
 

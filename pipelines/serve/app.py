@@ -21,12 +21,13 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .engine import EngineHolder, QueryEmbedder
-from .metrics import ServiceMetrics
+from tempstop.collection import MAX_TOP_K, Filters
+from tempstop_pipelines.serve.engine import EngineHolder, QueryEmbedder
+from tempstop_pipelines.serve.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -36,6 +37,8 @@ _ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 class SearchFilters(BaseModel):
+    """The metadata filters of a query (:class:`tempstop.collection.Filters`)."""
+
     model_config = ConfigDict(extra="forbid")
     min_duration: float | None = Field(None, ge=0)
     max_duration: float | None = Field(None, ge=0)
@@ -43,9 +46,11 @@ class SearchFilters(BaseModel):
 
 
 class SearchRequest(BaseModel):
+    """The body of ``POST /search``."""
+
     model_config = ConfigDict(extra="forbid")
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
-    top_k: int = Field(10, ge=1, le=100)
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K)
     filters: SearchFilters | None = None
 
 
@@ -53,28 +58,43 @@ def create_app(holder: EngineHolder, watch_interval_s: float | None = 2.0) -> Fa
     """The service for ``holder``'s engine; with ``watch_interval_s`` the index is re-read
     when it changes on disk (a new model's index swaps in without downtime)."""
     embedder, metrics = QueryEmbedder(), ServiceMetrics()
+    app = FastAPI(title="TempMe-STOP video search", lifespan=_watching(holder, watch_interval_s),
+                  docs_url="/docs", redoc_url=None)  # fmt: skip
+    app.state.holder, app.state.embedder, app.state.metrics = holder, embedder, metrics
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_exception_handler(Exception, _unexpected)
+    app.include_router(_search_routes(holder, embedder, metrics))
+    app.include_router(_video_routes(holder))
+    app.include_router(_service_routes(holder, embedder, metrics))
+    return app
+
+
+def _watching(holder: EngineHolder, interval_s: float | None):
+    """The app's lifespan: while it serves, ``holder`` watches its index every ``interval_s``
+    (None or 0: never)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        task = asyncio.create_task(holder.watch(watch_interval_s)) if watch_interval_s else None
+        task = asyncio.create_task(holder.watch(interval_s)) if interval_s else None
         yield
         if task is not None:
             task.cancel()
 
-    app = FastAPI(title="TempMe-STOP video search", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.state.holder, app.state.embedder, app.state.metrics = holder, embedder, metrics
+    return lifespan
 
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error (see the service log)"}, status_code=500)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A 500 without a traceback; the traceback goes to the log."""
+    log.exception("%s %s failed", request.method, request.url.path)
+    return JSONResponse({"detail": "internal error (see the service log)"}, status_code=500)
 
-    @app.post("/search")
+
+def _search_routes(holder: EngineHolder, embedder: QueryEmbedder, metrics: ServiceMetrics) -> APIRouter:
+    """``POST /search``."""
+    router = APIRouter()
+
+    @router.post("/search")
     async def search(req: SearchRequest):
-        from tempstop.collection import Filters
-
         start = time.perf_counter()
         engine = holder.current  # this query runs on this engine to the end, whatever swaps
         query = " ".join(req.query.split())
@@ -88,11 +108,18 @@ def create_app(holder: EngineHolder, watch_interval_s: float | None = 2.0) -> Fa
         return {"query": query, "took_ms": round(took * 1000, 2), **engine.describe(),
                 "results": [_with_urls(h) for h in hits[0]]}  # fmt: skip
 
-    @app.get("/videos/{vid}")
+    return router
+
+
+def _video_routes(holder: EngineHolder) -> APIRouter:
+    """``GET /videos/{id}``, its thumbnail and its file."""
+    router = APIRouter()
+
+    @router.get("/videos/{vid}")
     async def video(vid: str):
         return _with_urls(_entry(holder, vid))
 
-    @app.get("/videos/{vid}/thumbnail.jpg")
+    @router.get("/videos/{vid}/thumbnail.jpg")
     async def thumbnail(vid: str):
         _entry(holder, vid)
         path = holder.current.search.thumbnail_file(vid)
@@ -100,7 +127,7 @@ def create_app(holder: EngineHolder, watch_interval_s: float | None = 2.0) -> Fa
             raise HTTPException(404, f"video {vid} has no thumbnail")
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
-    @app.get("/videos/{vid}/file")
+    @router.get("/videos/{vid}/file")
     async def video_file(vid: str):
         _entry(holder, vid)
         path = holder.current.search.video_file(vid)
@@ -108,20 +135,27 @@ def create_app(holder: EngineHolder, watch_interval_s: float | None = 2.0) -> Fa
             raise HTTPException(404, f"the file of video {vid} is not in the collection folder any more")
         return FileResponse(path, media_type=_media_type(path))  # answers Range requests (206)
 
-    @app.get("/health")
+    return router
+
+
+def _service_routes(holder: EngineHolder, embedder: QueryEmbedder, metrics: ServiceMetrics) -> APIRouter:
+    """``GET /health``, ``/metrics`` and ``/`` (the search page)."""
+    router = APIRouter()
+
+    @router.get("/health")
     async def health():
         engine = holder.current
         return {"status": "ok", "swaps": holder.swaps, "last_swap_error": holder.last_error, **engine.describe()}
 
-    @app.get("/metrics")
+    @router.get("/metrics")
     async def prometheus():
         return PlainTextResponse(metrics.render(holder, embedder), media_type="text/plain; version=0.0.4")
 
-    @app.get("/")
+    @router.get("/")
     async def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    return app
+    return router
 
 
 class BodyLimit:

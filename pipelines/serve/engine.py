@@ -13,9 +13,13 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from tempstop.collection import CollectionSearch, open_collection, resolve_index_dir
+from tempstop.collection.manifest import MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +28,14 @@ log = logging.getLogger(__name__)
 class Engine:
     """A loaded collection index with the model that built it."""
 
-    search: object  # tempstop.collection.CollectionSearch
+    search: CollectionSearch
     key: tuple  # what identifies this index version on disk
     model_info: dict
     loaded_at: float = field(default_factory=time.time)
 
     @property
     def manifest(self) -> dict:
+        """The index's manifest."""
         return self.search.manifest
 
     def describe(self) -> dict:
@@ -42,25 +47,27 @@ class Engine:
                       "version": registry.get("version"), "alias": registry.get("alias"),
                       "backbone": self.search.model.cfg.backbone, "variant": self.search.model.cfg.variant},
             "index": {"path": str(self.search.dir), "videos": len(self.search), "failed": len(m["failed"]),
-                      "updated": m.get("updated"), "collection_hash": m.get("collection_hash", "")[:12],
+                      "updated": _written(self.search.dir), "collection_hash": m.get("collection_hash", "")[:12],
                       "vector_index": (m.get("vector_index") or {}).get("describe")},
         }  # fmt: skip
 
 
+def _written(folder: Path) -> str:
+    """When the index's manifest was written (UTC, ISO 8601 to the second)."""
+    stamp = (folder / MANIFEST).stat().st_mtime
+    return datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="seconds")
+
+
 def index_key(root: str | Path) -> tuple:
     """Changes whenever the live index of ``root`` does: its folder and manifest write time."""
-    from tempstop.collection import resolve_index_dir
-
     folder = resolve_index_dir(root)
-    return (str(folder.resolve()), (folder / "manifest.json").stat().st_mtime_ns)
+    return (str(folder.resolve()), (folder / MANIFEST).stat().st_mtime_ns)
 
 
 def load_engine(root: str | Path, checkpoint: str | None = None, device: str = "cpu",
                 tracking_uri: str | None = None) -> Engine:  # fmt: skip
     """Open the live index of ``root`` with the model it was built with (``checkpoint``
     overrides the source; it must be the same model)."""
-    from tempstop.collection import open_collection
-
     key = index_key(root)
     search = open_collection(root, checkpoint, device, tracking_uri)
     return Engine(search, key, search.model_info)
@@ -109,6 +116,7 @@ class QueryEmbedder:
         self.hits = self.misses = self.batches = 0
 
     async def embed(self, engine: Engine, text: str) -> np.ndarray:
+        """The embedding of ``text`` by ``engine``'s model: cached, else encoded in the next batch."""
         key = (engine.model_info["sha256"], text)
         if key in self.cache:
             self.cache.move_to_end(key)

@@ -26,6 +26,7 @@ class ServiceMetrics:
                            ["source", "sha256", "version", "alias"], registry=r)  # fmt: skip
 
     def observe_query(self, seconds: float) -> None:
+        """Count one answered query that took ``seconds``."""
         self.queries.inc()
         self.latency.observe(seconds)
 

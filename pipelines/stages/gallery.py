@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..figures import pyplot, save_figure
+from tempstop.data.store import FrameStore, StoreError
+from tempstop_pipelines.stages.figures import plt, save_figure
 
 STRIP_FRAMES = 4  # frames per film strip
 GAP = 0.08  # dark gap between two frames of a strip, as a fraction of the frame size
@@ -47,8 +48,6 @@ def film_strip(frames: np.ndarray, mask: np.ndarray, n: int = STRIP_FRAMES) -> n
 def load_strips(store_path: str | Path, entries: list[dict[str, Any]]) -> dict[int, np.ndarray]:
     """Film strip of every video the gallery shows, by store index; raises if the store is
     missing, unreadable or no longer the evaluated one (video ids differ)."""
-    from tempstop.data.store import FrameStore, StoreError
-
     store = FrameStore(store_path)
     strips: dict[int, np.ndarray] = {}
     for entry in entries:
@@ -85,7 +84,6 @@ def draw_gallery(evaluation: dict[str, Any], path: Path) -> None:
         _placeholder(path, f"no retrieval gallery: frame store {store_path} is missing or unreadable")
         return
 
-    plt = pyplot()
     cols = max(len(e["top"]) for e in entries)
     strip_h, strip_w = next(iter(strips.values())).shape[:2]
     cell_w = (FIG_WIDTH - 0.6) / cols  # inches per cell
@@ -122,7 +120,7 @@ def draw_gallery(evaluation: dict[str, Any], path: Path) -> None:
 
 def _placeholder(path: Path, message: str) -> None:
     """A small picture that only says ``message``."""
-    fig = pyplot().figure(figsize=(6, 1), dpi=100)
+    fig = plt.figure(figsize=(6, 1), dpi=100)
     fig.text(0.5, 0.5, textwrap.fill(message, 90), ha="center", va="center", fontsize=9)
     save_figure(fig, path)
 

@@ -1,4 +1,4 @@
-"""Stage `import-checkpoint`: a checkpoint of the official TempMe code as a project checkpoint.
+"""Convert a checkpoint of the official TempMe code into a project checkpoint.
 
     tempstop import-checkpoint --format tempme OFFICIAL.pth --out models/tempme_msrvtt.pth
 
@@ -15,42 +15,38 @@ is read with ``torch.load(weights_only=True)``: a pickle that would run code is 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
-from ..common import parse_overrides
+import yaml
+
+from tempstop.config import ConfigError, UnifiedModelConfig
+from tempstop.inference.checkpoint import (
+    CheckpointError,
+    UnreadableFileError,
+    load_model_weights,
+    load_weights_only,
+    save_checkpoint,
+)
+from tempstop.model import create_unified_model
+from tempstop.model.official import OfficialCheckpointError, convert_tempme_state_dict
+from tempstop.utils import sha256_file
+from tempstop_pipelines.options import parse_overrides
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "import-checkpoint",
-        help="convert a checkpoint of the official TempMe code into a project checkpoint",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of ``tempstop import-checkpoint``."""
     p.add_argument("source", metavar="OFFICIAL.pth", help="the official code's saved state dict")
     p.add_argument("--format", required=True, choices=["tempme"], help="which official code saved it")
     p.add_argument("--out", required=True, metavar="MODEL.pth", help="the project checkpoint to write")
     p.add_argument("--max-words", type=int, default=32, help="text length in tokens (official max_words: 32)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a model key the weights do not hold, e.g. --set model.tempme.imgme_r=2",
-    )
-    p.set_defaults(func=main)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model key the weights do not hold, e.g. --set model.tempme.imgme_r=2")  # fmt: skip
+    p.set_defaults(main=main)
 
 
 def main(args: argparse.Namespace) -> int:
     """Convert, check that the result loads, write it atomically; exit 2 with one line on bad input."""
-    from tempstop.config import ConfigError, UnifiedModelConfig
-    from tempstop.model import create_unified_model
-    from tempstop.model.official import OfficialCheckpointError, convert_tempme_state_dict
-    from tempstop.training.checkpoint import CheckpointError, load_model_weights, save_checkpoint
-
     source, out = Path(args.source), Path(args.out)
     try:
         if not source.is_file():
@@ -76,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
         "phase": "imported",
         "best_metric": float("-inf"),
         "metrics": {},
-        "imported_from": {"format": args.format, "file": str(source), "sha256": _sha256(source)},
+        "imported_from": {"format": args.format, "file": str(source), "sha256": sha256_file(source)},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, payload)
@@ -98,9 +94,6 @@ def main(args: argparse.Namespace) -> int:
 
 def _read_weights_only(path: Path) -> dict:
     """The file's tensors (weights-only); anything else is one line naming the file."""
-    from tempstop.model.official import OfficialCheckpointError
-    from tempstop.utils import UnreadableFileError, load_weights_only
-
     try:
         return load_weights_only(path)
     except UnreadableFileError as exc:
@@ -109,8 +102,6 @@ def _read_weights_only(path: Path) -> dict:
 
 def _model_yaml(cfg) -> str:
     """The keys of the ``model`` section that describe the imported model, as YAML lines."""
-    import yaml
-
     keys = ("backbone", "architecture", "frames", "quick_gelu", "freeze_backbone", "max_words")
     model = {k: cfg.to_dict()["model"][k] for k in keys}
     model["tempme"] = {
@@ -119,11 +110,3 @@ def _model_yaml(cfg) -> str:
     }
     text = yaml.safe_dump({"model": model}, default_flow_style=None, sort_keys=False, width=100)
     return "\n".join("    " + line for line in text.splitlines())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -1,4 +1,4 @@
-"""``tempstop plots``: pictures and DVC plot data from an evaluation and training histories.
+"""Pictures and DVC plot data from an evaluation and training histories.
 
 Writes into ``--out``:
   recall_at_k.csv       k, t2v, v2t             (DVC plot: recall at K on the evaluated split)
@@ -14,33 +14,42 @@ concatenated in order on one epoch axis; a stage that trained nothing writes an 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..figures import pyplot, save_figure
-from .gallery import draw_gallery
+from matplotlib.ticker import MaxNLocator
+
+from tempstop.config import ProjectConfig
+from tempstop.utils import atomic_write
+from tempstop_pipelines.stages.figures import plt, save_figure
+from tempstop_pipelines.stages.gallery import draw_gallery
 
 LOSSES = ("train_loss", "val_loss", "tempme_loss", "stop_loss")
 RECALLS = ("val_t2v_R1", "val_t2v_R5", "val_t2v_R10", "val_v2t_R1")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("plots", help="recall-at-K and training-curve plots (PNG + DVC plot data)")
-    p.add_argument(
-        "--eval", dest="eval_json", required=True, help="evaluation JSON (tempstop evaluate --json)"
-    )
-    p.add_argument(
-        "--history",
-        action="append",
-        default=[],
-        help="history.json of a training stage; repeat for chained stages, in order",
-    )
+@dataclass(frozen=True)
+class Plots:
+    """``tempstop plots``: the evaluation JSON, the training histories in order, the folder."""
+
+    eval_json: str
+    out: str
+    histories: tuple[str, ...] = ()
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of ``tempstop plots``."""
+    p.add_argument("--eval", dest="eval_json", required=True, help="evaluation JSON (tempstop evaluate --json)")
+    p.add_argument("--history", dest="histories", action="append", default=[],
+                   help="history.json of a training stage; repeat for chained stages, in order")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=main)
+    p.set_defaults(job=Plots, run=run)
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -103,8 +112,6 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
 
 def write_csv(path: Path, rows: list[dict[str, Any]], first: tuple[str, ...] = ()) -> None:
     """CSV with a stable column order (``first``, then the others sorted); blanks for NaN."""
-    from tempstop.utils import atomic_write
-
     columns = list(first)
     for row in rows:
         columns += [k for k in row if k not in columns and k not in first]
@@ -125,9 +132,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]], first: tuple[str, ...] = (
 
 # ---- pictures -----------------------------------------------------------------------------
 def plot_recall(rows: list[dict[str, float]], evaluation: dict[str, Any], path: Path) -> None:
-    plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ks = [r["k"] for r in rows]
     for key, label in (("t2v", "text -> video"), ("v2t", "video -> text")):
@@ -151,9 +155,6 @@ def plot_recall(rows: list[dict[str, float]], evaluation: dict[str, Any], path: 
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     if not rows:
         for ax in (left, right):
@@ -203,10 +204,10 @@ def make_plots(eval_json: str | Path, histories: list[str | Path], out: str | Pa
     return {k: str(v) for k, v in files.items()}
 
 
-def main(args) -> int:
+def run(cfg: ProjectConfig, job: Plots, tags: dict[str, str] | None = None) -> int:
     """Write the plots; exit 2 with a one-line message naming the file that cannot be read."""
     try:
-        files = make_plots(args.eval_json, args.history, args.out)
+        files = make_plots(job.eval_json, list(job.histories), job.out)
     except (OSError, ValueError) as exc:  # a missing file, or JSON that does not parse
         print(f"tempstop plots: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Stage `profile`: cost of a model variant (GFLOPs, tokens per layer, parameters, speed).
+"""The cost of a model variant: GFLOPs, tokens per layer, trainable parameters and speed.
 
     tempstop profile --model ViT-B-32 --frames 12 --variant unified [--size 224] [--batch 2] [--json]
 
@@ -6,7 +6,7 @@ Random weights: cost does not depend on them. GFLOPs are multiply-adds (FLOPs / 
 the TempMe paper counts them. TempMe/STOP settings come from the ``model`` section of
 ``--params`` when given, else from the defaults (TempMe's paper schedule, adapted to the
 backbone's depth); ``--set model.tempme.imgme_r=8`` changes one. The backbone is frozen as
-with real weights (DESIGN 1), except for ``tempstop-tiny`` (trained from scratch) and
+with real weights (docs/design.md §1), except for ``tempstop-tiny`` (trained from scratch) and
 ``meanP`` (CLIP4Clip fine-tunes it); ``--[no-]freeze-backbone`` decides explicitly.
 """
 
@@ -15,22 +15,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import get_args
 
-from ..common import add_params_arg, parse_overrides
+import torch
+
+from tempstop.config import ModelConfig, UnifiedModelConfig, Variant
+from tempstop.model import create_unified_model
+from tempstop.model.profile import profile_model
+from tempstop_pipelines.options import add_params_arg, load_params, parse_overrides
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "profile",
-        help="GFLOPs, tokens per layer, trainable parameters and speed of a model variant",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--model", default="ViT-B-32", help="open_clip backbone (ViT-B-32, ViT-B-16, tempstop-tiny)"
-    )
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of ``tempstop profile``."""
+    p.add_argument("--model", default="ViT-B-32", help="open_clip backbone (ViT-B-32, ViT-B-16, tempstop-tiny)")
     p.add_argument("--frames", type=int, default=12)
-    p.add_argument("--variant", choices=["unified", "tempme", "stop", "meanP"], default="unified")
+    p.add_argument("--variant", choices=get_args(Variant), default="unified")
     p.add_argument("--size", type=int, default=None, help="frame size in px (default: the backbone's)")
     p.add_argument("--batch", type=int, default=2, help="videos per batch for the speed measurements")
     p.add_argument("--iters", type=int, default=3, help="timed iterations per speed measurement")
@@ -39,20 +38,14 @@ def register(sub) -> None:
     p.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_params_arg(p)
-    p.set_defaults(func=main)
+    p.set_defaults(main=main)
 
 
-def main(args) -> int:
-    import torch
-
-    from tempstop.model import create_unified_model
-    from tempstop.model.profile import profile_model
-
-    from ..common import load_params
-
+def main(args: argparse.Namespace) -> int:
+    """Build the variant with random weights, measure it, print the result."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = _model_config(_base_config(args, load_params), args)
+    cfg = _model_config(_base_config(args), args)
     torch.manual_seed(0)
     model = create_unified_model(cfg)
     result = profile_model(model, args.frames, args.size, args.batch, args.iters, args.speed)
@@ -66,19 +59,15 @@ def main(args) -> int:
     return 0
 
 
-def _base_config(args, load_params):
+def _base_config(args: argparse.Namespace) -> ModelConfig:
     """The ``model`` section of ``--params`` (with ``--set``), else the defaults with ``--set``:
     params.yaml is not read implicitly, as its schedule is the tiny demo model's."""
-    from tempstop.config import UnifiedModelConfig
-
     if args.params:
         return load_params(args).model
     return UnifiedModelConfig().with_overrides(parse_overrides(args.overrides)).model
 
 
-def _model_config(base, args):
-    from tempstop.config import ModelConfig
-
+def _model_config(base: ModelConfig, args: argparse.Namespace) -> ModelConfig:
     freeze = args.freeze_backbone
     if freeze is None:
         freeze = args.model != "tempstop-tiny" and args.variant != "meanP"

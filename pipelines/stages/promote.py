@@ -1,4 +1,4 @@
-"""``tempstop promote``: move the registry's ``champion`` alias to a better model version.
+"""Move the registry's ``champion`` alias to a better model version.
 
 The new version (``--version``; in a Prefect flow, the version this flow run registered,
 found by its ``pipeline_run`` tag; else the latest) is compared with the current champion on
@@ -7,40 +7,61 @@ models). Strictly better -> it becomes ``champion`` and the outgoing champion ``
 otherwise it becomes ``challenger`` if it beats the current challenger. So ``challenger`` is
 always the best version that is not champion, whatever order promotions come in.
 
-Read, compare and move happen under one lock (:mod:`..locks`: a Prefect global concurrency
+Read, compare and move happen under one lock (:mod:`tempstop_pipelines.fleet.locks`: a Prefect global concurrency
 limit when a Prefect API is configured, a file lock otherwise), so two promotions at once,
 from two machines, are serialised: neither decides on a champion the other has just replaced.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
+from dataclasses import dataclass
 
-from ..common import add_params_arg, load_params
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from tempstop.config import ProjectConfig
+from tempstop.utils import atomic_write_json
+from tempstop_pipelines.fleet import locks
+from tempstop_pipelines.fleet.events import emit_champion_moved
+from tempstop_pipelines.options import add_params_arg
+from tempstop_pipelines.tracking.runs import (
+    SELECTION_METRIC,
+    TrackingError,
+    check_tracking,
+    selection_score,
+    tracking_uri,
+)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "promote",
-        help="make a registered model version the champion if its validation R@1 is better",
-        description=__doc__,
-    )
+@dataclass(frozen=True)
+class Promote:
+    """``tempstop promote``: which registered model and version, by how much it must win, and
+    where the decision goes."""
+
+    name: str | None = None
+    version: str | None = None
+    min_delta: float = 0.0
+    json_out: str | None = None
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of ``tempstop promote``."""
     p.add_argument("--name", default=None, help="registered model (default: tracking.registered_model)")
     p.add_argument("--version", default=None, help="version to consider (default: the latest)")
     p.add_argument("--min-delta", type=float, default=0.0, help="required improvement (default 0)")
     p.add_argument("--json", dest="json_out", default=None, help="write the decision as JSON to FILE")
     add_params_arg(p)
-    p.set_defaults(func=main)
+    p.set_defaults(job=Promote, run=run)
 
 
 def version_score(client, name: str, version) -> float | None:
     """The selection metric of a model version: its tag, else the best metric of its run."""
-    from ..tracking import SELECTION_METRIC, selection_score
-
     mv = client.get_model_version(name, str(version))
     if SELECTION_METRIC in (mv.tags or {}):
         return float(mv.tags[SELECTION_METRIC])
@@ -64,28 +85,20 @@ def promote(cfg, name: str | None = None, version: str | None = None, min_delta:
             pipeline_run: str | None = None) -> dict:  # fmt: skip
     """Compare and move aliases under the promotion lock; returns the decision (also what
     ``--json`` writes). ``pipeline_run``: take the newest version carrying that tag."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from ..locks import LockTimeout, hold, lock_name
-    from ..tracking import SELECTION_METRIC, TrackingError, tracking_uri
-
     uri = tracking_uri(cfg)
     name = name or cfg.tracking.registered_model
     client = MlflowClient(uri)
     try:
-        with hold(lock_name("promote", name)) as lock:
+        with locks.hold(locks.lock_name("promote", name)) as lock:
             result = _decide_and_move(client, name, version, min_delta, pipeline_run, uri)
     except MlflowException as exc:
         raise TrackingError(f"cannot read {name!r} from {uri}: {str(exc).splitlines()[0]}") from None
-    except LockTimeout as exc:
+    except locks.LockTimeout as exc:
         raise TrackingError(str(exc)) from None
     return {"model": name, "metric": SELECTION_METRIC, **result, "tracking_uri": uri, "lock": lock}
 
 
 def _candidate(client, name: str, version: str | None, pipeline_run: str | None, uri: str) -> str:
-    from ..tracking import TrackingError
-
     if version is not None:
         return str(version)
     versions = client.search_model_versions(f"name='{name}'")
@@ -99,8 +112,6 @@ def _candidate(client, name: str, version: str | None, pipeline_run: str | None,
 
 def _alias(client, name: str, alias: str) -> tuple[str | None, float | None]:
     """The version holding ``alias`` and its score (None, None without one)."""
-    from mlflow.exceptions import MlflowException
-
     try:
         held = client.get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -142,35 +153,29 @@ def _fmt(score: float | None) -> str:
     return "n/a" if score is None else f"{score:.4f}"
 
 
-def main(args) -> int:
-    from ..tracking import TrackingError, check_tracking
-
-    cfg = load_params(args)
+def run(cfg: ProjectConfig, job: Promote, tags: dict[str, str] | None = None) -> int:
+    """Decide and move the aliases; print the decision. In a flow, the candidate is the version
+    this flow run registered (its ``pipeline_run`` tag, passed in ``tags``)."""
     if not cfg.tracking.enabled:
         print("tempstop promote: tracking is disabled (tracking.enabled=false); nothing to promote")
         return 0
     try:
         check_tracking(cfg)
-        # In a flow, the version this flow run registered (its tags are passed as arguments).
-        pipeline_run = None if args.version else (getattr(args, "tags", None) or {}).get("pipeline_run")
-        result = promote(cfg, args.name, args.version, args.min_delta, pipeline_run)
+        pipeline_run = None if job.version else (tags or {}).get("pipeline_run")
+        result = promote(cfg, job.name, job.version, job.min_delta, pipeline_run)
     except TrackingError as exc:
         print(f"tempstop promote: {exc}", file=sys.stderr)
         return 1
-    metric = result["metric"]
     champ = result["champion_version"]
-    print(f"model {result['model']} ({result['tracking_uri']}), metric {metric} (validation)")
+    print(f"model {result['model']} ({result['tracking_uri']}), metric {result['metric']} (validation)")
     print(f"  candidate  version {result['version']}: {_fmt(result['score'])}")
     print(f"  champion   version {champ if champ else '-'}: {_fmt(result['champion_score'])}")
     print(f"  -> version {result['version']} {result['action']}; champion {result['champion'] or '-'}, "
-          f"challenger {result['challenger'] or '-'} (lock: {result['lock']})")
-    if result["action"] == "promoted to champion":
-        from ..events import emit_champion_moved
-
-        if emit_champion_moved(result["model"], result["version"], champ, result["score"]):
-            print("  event tempstop.champion.moved sent (the reindex-on-promotion deployment re-embeds the collection)")
-    if args.json_out:
-        from tempstop.utils import atomic_write_json
-
-        atomic_write_json(args.json_out, result)
+          f"challenger {result['challenger'] or '-'} (lock: {result['lock']})")  # fmt: skip
+    if result["action"] == "promoted to champion" and emit_champion_moved(
+        result["model"], result["version"], champ, result["score"]
+    ):
+        print("  event tempstop.champion.moved sent (the reindex-on-promotion deployment re-embeds the collection)")
+    if job.json_out:
+        atomic_write_json(job.json_out, result)
     return 0

@@ -1,11 +1,11 @@
-"""Stage `serve`: the search service and its web page over a collection index.
+"""The search service and its web page over a collection index.
 
     tempstop serve --index outputs/index            # http://127.0.0.1:8000
 
-``--index`` is a collection index (``tempstop index`` writes one) or a folder whose
-``CURRENT`` file names the live one (what ``tempstop reindex`` and the re-index flow keep up
-to date); a changed index is swapped in while the service runs, without dropping a query.
-The model is the one the index was built with (its checkpoint or registry version).
+--index is a collection index (`tempstop index` writes one) or a folder whose CURRENT file
+names the live one (what `tempstop reindex` and the re-index flow keep up to date); a changed
+index is swapped in while the service runs, without dropping a query. The model is the one
+the index was built with (its checkpoint or registry version).
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+import uvicorn
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="serve search over a collection index: HTTP API, web page, metrics",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+from tempstop.collection import CollectionError
+from tempstop.inference import CheckpointError
+from tempstop_pipelines.serve.app import create_app
+from tempstop_pipelines.serve.engine import EngineHolder, load_engine
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of ``tempstop serve``."""
     p.add_argument("--index", required=True, help="collection index folder (or a folder with a CURRENT file)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -28,18 +30,11 @@ def register(sub) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--watch", type=float, default=2.0, help="seconds between checks for a new index (0: never)")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI for models:/ sources (default: $MLFLOW_TRACKING_URI)")
-    p.set_defaults(func=main)
+    p.set_defaults(main=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from tempstop.collection import CollectionError
-    from tempstop.training.checkpoint import CheckpointError
-
-    from ..serve.app import create_app
-    from ..serve.engine import EngineHolder, load_engine
-
+    """Open the index with its model and serve it until interrupted."""
     kw = {"checkpoint": args.checkpoint, "device": args.device, "tracking_uri": args.tracking_uri}
     try:
         engine = load_engine(args.index, **kw)

@@ -1,11 +1,11 @@
-"""Stage `stack`: the team's shared servers on this machine (PostgreSQL, MLflow, Prefect).
+"""The team's shared servers on this machine: PostgreSQL, an MLflow tracking server, a Prefect server.
 
     tempstop stack up [--dir .stack] [--artifacts s3://bucket/mlflow]   # make stack-up
     tempstop stack status | env | down                                    # make stack-down
 
 `up` starts what is not running (a second `up` changes nothing) and prints the variables each
 worker needs; `env` prints them again as `export` lines, and how a checkout adds the stack's
-DVC remote folder. See pipelines/stack.py for the layout and docs/fleet.md for a fleet.
+DVC remote folder. See pipelines/fleet/stack.py for the layout and docs/fleet.md for a fleet.
 """
 
 from __future__ import annotations
@@ -13,19 +13,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tempstop_pipelines.fleet.stack import Stack, StackError
 
-def register(sub) -> None:
-    p = sub.add_parser("stack", help="start / stop the shared PostgreSQL + MLflow + Prefect stack",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of ``tempstop stack``."""
     p.add_argument("action", choices=["up", "down", "status", "env"])
     p.add_argument("--dir", default=".stack", help="the stack's folder (default .stack)")
     p.add_argument("--artifacts", default=None, help="MLflow artifact store: a folder or an fsspec/S3 URI")
-    p.set_defaults(func=main)
+    p.set_defaults(main=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..stack import Stack, StackError
-
+    """Bring the stack up or down, or print its status or environment."""
     stack = Stack(args.dir)
     try:
         if args.action == "up":
@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_env(stack) -> None:
+def _print_env(stack: Stack) -> None:
     urls = stack.urls()
     print(f"export MLFLOW_TRACKING_URI={urls['MLFLOW_TRACKING_URI']}")
     print(f"export PREFECT_API_URL={urls['PREFECT_API_URL']}")

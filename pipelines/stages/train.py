@@ -1,8 +1,14 @@
-"""Stage `train`: train the unified model (also behind ``python train_unified_model.py``).
+"""Train the unified TempMe-STOP model (also behind ``python train_unified_model.py``).
+
+Trains on training.train_data_path and validates every epoch on training.val_data_path
+(default: the data.train_split and data.val_split folders under data.root; frame stores, or
+split folders, extracted into data.frames_cache first), writing checkpoints, best_model.pth
+(best validation t2v R@1), history.json, config.json and TensorBoard logs to
+training.checkpoint_dir. Multi-GPU: torchrun --nproc_per_node N $(which tempstop) train ...
 
 Reads the config (params.yaml, or a JSON/YAML file such as the user's guide
 ``{"training": {...}}``), applies the command-line overrides and hands the config to
-:func:`~..training.run_training`: raw split folders are extracted once into
+:func:`tempstop_pipelines.training.run.run_training`: raw split folders are extracted once into
 ``data.frames_cache``, the tracking store is checked before any work, every epoch and the
 best checkpoint go to MLflow and TensorBoard. Under torchrun every process trains (DDP);
 only rank 0 writes files and talks to MLflow.
@@ -13,14 +19,21 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from tempstop.config import TRAINING_MODES
-
-from ..common import add_params_arg, add_tags_arg, load_params, run_tags
-
-if TYPE_CHECKING:
-    from tempstop.config import ProjectConfig
+from tempstop.config import TRAINING_MODES, ProjectConfig
+from tempstop.data.frame_cache import ensure_store
+from tempstop.data.store import is_store
+from tempstop.training.distributed import DistInfo, barrier, init_distributed
+from tempstop.utils import atomic_write_json
+from tempstop_pipelines.options import (
+    ProgressJob,
+    add_params_arg,
+    add_tags_arg,
+    load_params,
+    report_failures,
+    run_tags,
+)
+from tempstop_pipelines.training.run import error_message, run_training, training_errors
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -44,27 +57,18 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--summary", default=None, metavar="FILE", help="also write the run summary (best metrics) as JSON"
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ProgressJob.add_arguments(p)
     add_params_arg(p)
     add_tags_arg(p)
 
 
-def register(sub) -> None:
-    """Add the ``train`` sub-command."""
-    p = sub.add_parser(
-        "train",
-        help="train the unified TempMe-STOP model (joint, tempme_only, stop_only, sequential)",
-        description="Train on training.train_data_path, validate every epoch on training.val_data_path "
-        "(default: the data.train_split and data.val_split folders under data.root; frame stores, or "
-        "split folders, extracted into data.frames_cache first) and write checkpoints, best_model.pth "
-        "(best validation t2v R@1), history.json, config.json and TensorBoard logs to "
-        "training.checkpoint_dir. Multi-GPU: torchrun --nproc_per_node N $(which tempstop) train ...",
-    )
+def register(p: argparse.ArgumentParser) -> None:
+    """The options of ``tempstop train``."""
     add_train_args(p)
-    p.set_defaults(func=main)
+    p.set_defaults(main=main)
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> ProjectConfig:
     """The config file plus ``--set`` plus the dedicated options (``--mode`` ...)."""
     cfg = load_params(args)
     over = {}
@@ -79,15 +83,11 @@ def config_from_args(args: argparse.Namespace):
     return cfg.with_overrides(over, "command line") if over else cfg
 
 
-def frame_stores(cfg: ProjectConfig, info, progress: bool = True) -> ProjectConfig:
+def frame_stores(cfg: ProjectConfig, info: DistInfo, progress: bool = True) -> ProjectConfig:
     """``cfg`` with its training and validation data as frame stores: a raw split folder is
-    extracted into ``data.frames_cache`` (:func:`tempstop.data.extract.ensure_store`, with
+    extracted into ``data.frames_cache`` (:func:`tempstop.data.frame_cache.ensure_store`, with
     the annotation checks of ``validate``) by the main process, once; the others wait and
     reuse it. Every video that failed is named on stderr."""
-    from tempstop.data.store import is_store
-    from tempstop.training.distributed import barrier
-
-    from ..common import report_failures
 
     paths = {"training.train_data_path": cfg.train_data(), "training.val_data_path": cfg.val_data()}
     raw = {k: p for k, p in paths.items() if not is_store(p) and (Path(p) / "annotations.json").is_file()}
@@ -105,8 +105,6 @@ def frame_stores(cfg: ProjectConfig, info, progress: bool = True) -> ProjectConf
 
 
 def _ensure(cfg: ProjectConfig, path: str, progress: bool):
-    from tempstop.data.extract import ensure_store
-
     return ensure_store(
         path, cfg.data.frames_cache, cfg.extract, cfg.model.frames, datatype=cfg.data.datatype,
         checks=cfg.validate_, progress=progress,
@@ -116,17 +114,13 @@ def _ensure(cfg: ProjectConfig, path: str, progress: bool):
 def main(args: argparse.Namespace) -> int:
     """Train; exit 2 with a one-line message when a check stops the run (data path, sizes,
     resume file, tracking store, too many non-finite losses)."""
-    from tempstop.training.distributed import init_distributed
-    from tempstop.utils import atomic_write_json
-
-    from ..training import error_message, run_training, training_errors
 
     cfg = config_from_args(args)
     try:
-        cfg = frame_stores(cfg, init_distributed(args.device), not args.no_progress)
+        cfg = frame_stores(cfg, init_distributed(args.device), args.progress)
         summary = run_training(
             cfg, resume=args.resume, init_from=args.init_from, tags=run_tags(args), device=args.device,
-            progress=not args.no_progress,
+            progress=args.progress,
         )  # fmt: skip
     except training_errors() as exc:
         print(f"tempstop train: {error_message(exc)}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """TempMe-STOP: TempMe token merging and STOP prompting on open_clip for text-to-video retrieval.
 
-The library holds the model, losses, metrics, data and training code. It parses no command
-lines, logs to no tracking server and has no side effects at import.
+The library holds the model, losses, metrics, data, training, inference and collection search.
+It parses no command lines, logs to no tracking server and has no side effects at import.
 
     import tempstop
     model = tempstop.load_model("models:/tempstop-unified@champion")   # or a checkpoint file
@@ -12,7 +12,8 @@ __all__ = ["load_model"]
 
 
 def load_model(source, device: str = "cpu", tracking_uri: str | None = None):
-    """The model of a checkpoint file or ``models:/`` URI, in eval mode (see :mod:`tempstop.loading`)."""
-    from tempstop.loading import load_model as _load
+    """The model of a checkpoint file or ``models:/`` URI, in eval mode (see
+    :mod:`tempstop.inference.sources`). Imported when called: ``import tempstop`` stays light."""
+    from tempstop.inference.sources import load_model as _load
 
     return _load(source, device, tracking_uri)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from tempstop.config_files import (
     LegacyKeyError,
@@ -32,17 +32,43 @@ from tempstop.config_files import (
     read_text,
     upgrade_legacy_keys,
 )
+from tempstop.config_model import (
+    TEMPME_PRESETS,
+    BackboneArchitecture,
+    ModelConfig,
+    StopConfig,
+    TempMeConfig,
+    Variant,
+    _Section,
+)
+from tempstop.utils import atomic_write_text
+from tempstop.vector_index.spec import parse_index_spec
+
+# The model section's classes live in tempstop.config_model; this module is the one place
+# callers import any config class from.
+__all__ = [
+    "LEGACY_KEYS", "MODE_GROUPS", "MODEL_MODES", "PARAGRAPH_DATATYPES", "PARAM_GROUPS", "TEMPME_PRESETS", "TRAINING_MODES",
+    "BackboneArchitecture", "ConfigError", "DataConfig", "DemoConfig", "DemoRecipeConfig", "EvaluateConfig",
+    "ExtractConfig", "IndexConfig", "ModelConfig", "ProjectConfig", "StopConfig", "TempMeConfig",
+    "TrackingConfig", "TrainingConfig", "UnifiedModelConfig", "ValidateConfig", "Variant", "load_config",
+]  # fmt: skip
 
 Datatype = Literal["msrvtt", "didemo", "activitynet", "vatex", "demo", "custom"]
 TrainingMode = Literal["joint", "tempme_only", "stop_only", "sequential"]
 #: Every training mode (the one list: config, model, trainer, CLI and flow use it).
 TRAINING_MODES: tuple[str, ...] = get_args(TrainingMode)
-#: The modes a model trains in (``set_training_mode``); ``sequential`` is the trainer's
-#: ``tempme_only`` phase followed by a ``stop_only`` phase.
-MODEL_MODES: tuple[str, ...] = ("joint", "tempme_only", "stop_only")
 #: Parameter groups, each with its own learning rate (``training.<group>_lr``).
 PARAM_GROUPS: tuple[str, ...] = ("tempme", "stop", "backbone")
-Variant = Literal["unified", "tempme", "stop", "meanP"]
+#: The modes a model trains in (``set_training_mode``) and the module groups each one trains
+#: (the backbone trains in every mode unless frozen). ``sequential`` is not among them: it is
+#: the trainer's ``tempme_only`` phase followed by a ``stop_only`` phase
+#: (:func:`tempstop.training.state.plan_phases`).
+MODE_GROUPS: dict[str, tuple[str, ...]] = {
+    "joint": ("tempme", "stop"),
+    "tempme_only": ("tempme",),
+    "stop_only": ("stop",),
+}
+MODEL_MODES: tuple[str, ...] = tuple(MODE_GROUPS)
 
 #: Datasets evaluated paragraph-to-video (captions of a video joined into one query).
 PARAGRAPH_DATATYPES = frozenset({"didemo", "activitynet"})
@@ -50,13 +76,6 @@ PARAGRAPH_DATATYPES = frozenset({"didemo", "activitynet"})
 
 class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names the key."""
-
-
-class _Section(BaseModel):
-    # Unknown keys are errors (typos must not be silently ignored), and types are strict: a
-    # string is never taken for a number or a bool ("8", "yes" are refused). An int is a
-    # valid float.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DataConfig(_Section):
@@ -73,7 +92,7 @@ class DataConfig(_Section):
 
 
 class DemoConfig(_Section):
-    """The generated two-event moving-shapes benchmark (DESIGN section 6)."""
+    """The generated two-event moving-shapes benchmark (docs/design.md §6)."""
 
     seed: int = 0
     train_quadruples: int = Field(600, ge=1)
@@ -114,118 +133,8 @@ class ExtractConfig(_Section):
     shard_size: int = Field(1000, ge=1)
 
 
-class TempMeConfig(_Section):
-    """TempMe schedule (DESIGN section 2), computed as the official code does (the parity
-    fixture in tests/fixtures/tempme states each rule with its file and line).
-
-    Layers ``imgme_layers`` merge ``imgme_r`` pairs per frame after attention (ToMe). Each
-    ClipMe layer ``clipme_layers[j]`` joins ``clipme_k[j]`` consecutive sequences, merges
-    ``int(cross_merge * n)`` of the ``n`` joined tokens before attention (similarity on the
-    residual stream) and ``int(intra_merge * n')`` after it (similarity on keys); later layers
-    only do the latter. Every merge is also capped at half the non-CLS tokens.
-
-    ``None`` means the paper's choice: layer lists follow its pattern for any depth (ClipMe on
-    the ``len(clipme_k)`` layers before the last, ImgMe on all layers before those: 0-7 and
-    8, 9, 10 for 12 layers); ``imgme_r``/``cross_merge``/``intra_merge`` take the preset of
-    the backbone's patch size (:data:`TEMPME_PRESETS`: patch 16 -> ViT-B/16's, 127 output
-    tokens for 12 frames; otherwise ViT-B/32's, 97 output tokens).
-    """
-
-    enabled: bool = True
-    lora_rank: int = Field(8, ge=0)
-    # The LoRA update is scaled by lora_alpha / lora_rank; the official code does not scale
-    # (alpha = rank).
-    lora_alpha: float = 8.0
-    lora_text: bool = True
-    imgme_layers: list[int] | None = None
-    imgme_r: int | None = Field(None, ge=0)
-    clipme_layers: list[int] | None = None
-    clipme_k: list[int] = Field(default_factory=lambda: [2, 2, 3])
-    cross_merge: float | None = Field(None, ge=0, lt=1)
-    intra_merge: float | None = Field(None, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _check_schedule(self) -> TempMeConfig:
-        if self.clipme_layers is not None and len(self.clipme_layers) != len(self.clipme_k):
-            raise ValueError(
-                f"clipme_layers ({self.clipme_layers}) and clipme_k ({self.clipme_k}) "
-                "must have the same length"
-            )
-        if any(k < 1 for k in self.clipme_k):
-            raise ValueError(f"clipme_k values must be >= 1, got {self.clipme_k}")
-        return self
-
-
-#: The papers' TempMe schedules by patch size: ``(imgme_r, cross_merge, intra_merge)``.
-#: Patch 32 (ViT-B/32, official main.py defaults: tome_r 2, merge_token_proportion 30-10):
-#: 50 -> 34 tokens per frame, 97 output tokens for 12 frames. Patch 16 (ViT-B/16): the
-#: schedule that gives the paper's 127 output tokens and ~121 GFLOPs (docs/efficiency.md).
-TEMPME_PRESETS: dict[int, tuple[int, float, float]] = {32: (2, 0.3, 0.1), 16: (10, 0.4, 0.2)}
-
-
-class StopConfig(_Section):
-    """STOP prompting (DESIGN section 3).
-
-    ``layers``: STOP prompts the inputs of blocks 1..layers (using the CLS attention of the
-    block before); they must come before the first ClipMe layer. ``None`` (default): 4, or as
-    many as fit before the first ClipMe layer.
-    """
-
-    enabled: bool = True
-    layers: int | None = Field(None, ge=0)
-    num_regions: int = Field(16, ge=1)
-    score_alpha: float = Field(0.5, ge=0, le=1)
-    hidden_dim: int = Field(16, ge=1)
-    max_temporal_prompts: int = Field(4, ge=0)
-    eta: float = Field(4.0, ge=0)
-    beta: float = Field(1.0, ge=0)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    text_prompts: int = Field(0, ge=0)
-
-
-class BackboneArchitecture(_Section):
-    """An OpenAI-layout CLIP ViT described by its numbers (as read from a checkpoint's weights,
-    e.g. by ``tempstop import-checkpoint``); heads are ``width // 64`` as in OpenAI's CLIP."""
-
-    embed_dim: int = Field(ge=1)
-    image_size: int = Field(ge=1)
-    patch_size: int = Field(ge=1)
-    vision_width: int = Field(ge=64)
-    vision_layers: int = Field(ge=1)
-    context_length: int = Field(ge=1)
-    vocab_size: int = Field(ge=1)
-    text_width: int = Field(ge=64)
-    text_layers: int = Field(ge=1)
-
-
-class ModelConfig(_Section):
-    """Backbone plus the TempMe and STOP modules."""
-
-    # An open_clip model name (ViT-B-32, ViT-B-16, the packaged tempstop-tiny); with
-    # ``architecture`` set, only the name of that architecture.
-    backbone: str = "tempstop-tiny"
-    architecture: BackboneArchitecture | None = None
-    # Frames per video: the model's input length (TempMe's max_frames; its clip positional
-    # embeddings have one row per frame) and the number of frames extraction samples.
-    frames: int = Field(12, ge=1)
-    # An open_clip tag ("openai": needs internet) or a local checkpoint file (OpenAI .pt,
-    # open_clip .bin/.pt/.safetensors); null: random init.
-    pretrained: str | None = None
-    freeze_backbone: bool = False
-    # Frame size the vision tower takes (null: the backbone's own, 224 for ViT-B, 64 for tiny);
-    # pretrained position embeddings are interpolated to it.
-    image_size: int | None = Field(None, ge=16)
-    # QuickGELU activations (OpenAI's CLIP weights need them); null: true for the "openai" tag
-    # and OpenAI TorchScript files, false otherwise.
-    quick_gelu: bool | None = None
-    variant: Variant = "unified"
-    max_words: int = Field(32, ge=4)
-    tempme: TempMeConfig = Field(default_factory=TempMeConfig)
-    stop: StopConfig = Field(default_factory=StopConfig)
-
-
 class TrainingConfig(_Section):
-    """Trainer options; key names follow the user's guide (TRAINING_GUIDE.md).
+    """Trainer options; key names follow the user's guide (docs/training.md).
 
     The learning rates, batch size and epochs default to what trains the default backbone
     (``tempstop-tiny``, from scratch); runs from CLIP weights want smaller learning rates.
@@ -305,6 +214,37 @@ class EvaluateConfig(_Section):
     gallery_queries: int = Field(6, ge=0)
 
 
+class IndexConfig(_Section):
+    """Indexing a video collection for search: ``tempstop index`` and ``reindex``, the index and
+    reindex flows and the pipeline's ``index`` stage. Frames per video and their size are the
+    model's own (its checkpoint says)."""
+
+    # Videos per shard: one embeddings file, one decode and one embed task on a Ray cluster.
+    shard_size: int = Field(1000, ge=1)
+    # Videos per model batch.
+    batch_size: int = Field(32, ge=1)
+    # Decoding processes, and the seconds one video may take to decode (a hung file is named
+    # and skipped).
+    workers: int = Field(2, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    # Vector index: flat, ivf-sq8 or ivf-flat, with parameters ("ivf-sq8:nlist=1024,nprobe=32");
+    # null: exact below 50,000 videos, ivf-sq8 above (docs/search.md).
+    vector_index: str | None = None
+    # The keyframe strip of each video on the search page: frames and height in pixels.
+    thumb_frames: int = Field(4, ge=1)
+    thumb_height: int = Field(72, ge=8)
+    # ``tempstop reindex``: index versions kept, the live one included (the rest is removed).
+    keep_versions: int = Field(2, ge=1)
+
+    @field_validator("vector_index")
+    @classmethod
+    def _known_vector_index(cls, value: str | None) -> str | None:
+        # Checked when the params are read, not after an hour of embedding.
+        if value is not None and value.strip().lower() not in ("", "auto"):
+            parse_index_spec(value)
+        return value
+
+
 class TrackingConfig(_Section):
     """MLflow tracking; ``MLFLOW_TRACKING_URI`` overrides ``uri``."""
 
@@ -342,6 +282,7 @@ class ProjectConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     demo_recipe: DemoRecipeConfig = Field(default_factory=DemoRecipeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     model_config = ConfigDict(populate_by_name=True)
@@ -414,8 +355,6 @@ class ProjectConfig(_Section):
 
     def to_json(self, path: str | Path) -> None:
         """Write the config as JSON, atomically."""
-        from tempstop.utils import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     def flat(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Symmetric InfoNCE over the global batch (DESIGN section 1).
+"""Symmetric InfoNCE over the global batch (docs/design.md §1).
 
 Under ``torch.distributed`` every rank gathers all ranks' features *with* gradient and
 scores its own rows against the global batch (open_clip's "local loss + gather with grad").
@@ -31,6 +31,7 @@ def gather_features(x: torch.Tensor) -> torch.Tensor:
     _, world = _distributed()
     if world == 1:
         return x
+    # Here, not at the top: the module exists only in torch builds with distributed support.
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x), dim=0)
@@ -59,7 +60,7 @@ def symmetric_infonce(text: torch.Tensor, video: torch.Tensor, logit_scale: torc
 
 
 class RetrievalLoss(nn.Module):
-    """The unified model's training losses from its outputs (DESIGN section 4).
+    """The unified model's training losses from its outputs (docs/design.md §4).
 
     ``outputs`` is what :meth:`UnifiedTempMeSTOPModel.forward` returns: ``text`` ``[B, E]``,
     ``video`` (the retrieval embedding), ``tempme_video`` / ``stop_video`` (the embeddings

@@ -1,11 +1,12 @@
-"""Small shared helpers: atomic file writes and their leftovers, seeding, a model's train/eval
-mode for a block, weights-only loading with one-line errors."""
+"""Small shared helpers, free of torch (the config imports them, and `tempstop --help` must
+stay light): atomic file writes and their leftovers, a file's SHA-256, a model's train/eval
+mode for a block."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import random
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -84,40 +85,16 @@ def model_mode(model, training: bool = False) -> Iterator[None]:
         model.train(was_training)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
-    import numpy as np
-    import torch
 
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-class UnreadableFileError(ValueError):
-    """A file could not be read as a weights-only PyTorch file; the message is one line."""
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (``sha256``, ``sha1``...), read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def load_weights_only(path: str | Path, map_location: str = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with one-line errors naming ``path``: a pickle
-    that would run code is refused (never loaded with ``weights_only=False``), a file that is
-    no PyTorch file says so."""
-    import pickle
-    import re
-
-    import torch
-
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n|$)", text)
-        reason = found.group(1).strip() if found else (text.strip().splitlines() or ["unreadable"])[0]
-        if "Unsupported global" in reason:
-            raise UnreadableFileError(
-                f"{path}: refused: loading it would run pickled code ({reason}); only weights-only files are read"
-            ) from None
-        raise UnreadableFileError(f"{path}: not a PyTorch weights file ({reason})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UnreadableFileError(f"{path}: not a readable PyTorch file ({first})") from None
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes: what identifies a checkpoint."""
+    return file_digest(path, "sha256")

@@ -17,10 +17,10 @@ from tempstop.collection import CollectionError, CollectionSearch, Filters, Inde
 from tempstop.collection import shards as shards_mod
 from tempstop.collection.manifest import live_embeddings, read_manifest
 from tempstop.collection.scan import inside, scan_videos
-from tempstop.config import ModelConfig
+from tempstop.config import IndexConfig, ModelConfig
 from tempstop.model import create_unified_model
 
-SETTINGS = IndexSettings(frames=4, size=64, shard_size=2, batch_size=2, workers=1, timeout_s=60)
+SETTINGS = IndexSettings(frames=4, size=64, index=IndexConfig(shard_size=2, batch_size=2, workers=1, timeout_s=60))
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_a_hanging_decoder_is_listed_and_skipped(tmp_path, model, monkeypatch):
     make_clip(root / "ok.mp4", n=8)
     shutil.copy(root / "ok.mp4", root / "slow.mp4")
     monkeypatch.setattr(shards_mod, "decode_for_index", _hangs_on_slow)
-    summary = index_videos(model, root, tmp_path / "index", IndexSettings(4, 64, workers=1, timeout_s=3), INFO,
+    summary = index_videos(model, root, tmp_path / "index", IndexSettings(4, 64, IndexConfig(workers=1, timeout_s=3)), INFO,
                            progress=False)  # fmt: skip
     assert summary["videos"] == 1 and summary["failed"][0]["path"] == "slow.mp4"
     assert "timed out" in summary["failed"][0]["reason"] or "timeout" in summary["failed"][0]["reason"].lower()
@@ -172,7 +172,7 @@ def test_a_shard_decoded_before_a_crash_is_not_decoded_again(tmp_path, model, mo
     for i, n in enumerate((6, 8, 10)):
         make_clip(root / f"v{i}.mp4", n=n)
     out = tmp_path / "index"
-    settings = IndexSettings(frames=4, size=64, shard_size=10, workers=1)
+    settings = IndexSettings(frames=4, size=64, index=IndexConfig(shard_size=10, workers=1))
 
     def crash(*args, **kw):
         raise KeyboardInterrupt

@@ -1,4 +1,4 @@
-"""The demo benchmark generator (DESIGN section 6): layout, structure, splits, pixels."""
+"""The demo benchmark generator (docs/design.md §6): layout, structure, splits, pixels."""
 
 from __future__ import annotations
 

@@ -8,13 +8,20 @@ import numpy as np
 import pytest
 from media import frame_id, indexed_frames, make_clip, make_split, write_annotations
 
-from tempstop_pipelines.cli import main as cli
 from tempstop.config import ExtractConfig
 from tempstop.data.annotations import VideoRecord
-from tempstop.data.extract import ExtractError, ensure_store, extract_split, plan_jobs
+from tempstop.data.frame_cache import ensure_store
+from tempstop.data.extract import (
+    ExtractError,
+    extract_shard,
+    extract_split,
+    plan_jobs,
+    plan_split,
+)
 from tempstop.data.mp4 import write_video
 from tempstop.data.store import FrameStore
 from tempstop.data.video import decode_dims, video_size
+from tempstop_pipelines.cli import main as cli
 
 
 def _extract(split, out, frames=8, **cfg):
@@ -98,6 +105,7 @@ def test_resume_skips_done_and_redoes_deleted(tmp_path):
     assert set(failed) == {"bad", "gone"}
     assert {f["video_id"]: f["reason"] for f in first["failures"]} == failed  # named, not only counted
     assert "cannot open video" in failed["bad"] and "file not found" in failed["gone"]
+    assert sorted(p.name for p in out.iterdir()) == ["arrays", "index.json"]  # no journal once finished
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "arrays").iterdir()}
 
     second = _extract(split, out)
@@ -119,9 +127,18 @@ def test_changed_video_is_redone_and_settings_clash_refused(tmp_path):
     make_split(split, count=2)
     out = tmp_path / "store"
     _extract(split, out)
-    make_clip(split / "videos" / "v0.mp4", n=10)  # re-encoded source
+    make_clip(split / "videos" / "v0.mp4", n=10)  # re-encoded source: its sha1 is not the index's
     again = _extract(split, out)
     assert (again["done"], again["skipped"]) == (1, 1)
+    assert FrameStore(out).items[0]["num_valid"] == 8 and FrameStore(out).load(0)[1].all()
+    # Interrupted before its index (journals only), then v1 changes: its journal line no longer matches.
+    (out / "index.json").unlink()
+    for shard in plan_split(split, out, ExtractConfig(size=32), 8, shard_size=1).shards:
+        extract_shard(shard, workers=0)
+    assert len(list((out / "journal").iterdir())) == 2
+    make_clip(split / "videos" / "v1.mp4", n=9)
+    resumed = _extract(split, out)
+    assert (resumed["done"], resumed["skipped"], resumed["items"]) == (1, 1, 2)
     with pytest.raises(ExtractError, match="size"):
         _extract(split, out, size=16)
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from tempstop.data.transforms import frames_to_tensor
+from tempstop.inference.checkpoint import load_model_weights
 from tempstop.model import create_unified_model
 from tempstop.model.official import convert_tempme_state_dict
-from tempstop.training.checkpoint import load_model_weights
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "tempme"
 UNIT_ATOL, LOGIT_ATOL, HIDDEN_RTOL = 2e-6, 2e-4, 5e-6

@@ -1,4 +1,4 @@
-"""TempMe's token counts for ViT-B/32 with 12 frames (DESIGN section 2), exactly."""
+"""TempMe's token counts for ViT-B/32 with 12 frames (docs/design.md §2), exactly."""
 
 from __future__ import annotations
 

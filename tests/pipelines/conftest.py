@@ -19,17 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tempstop_pipelines.env import telemetry_off
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-for _key, _value in {
-    "DO_NOT_TRACK": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-}.items():
-    os.environ.setdefault(_key, _value)
+telemetry_off()  # tests/conftest.py did already; here too before anything imports prefect
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # One Prefect home per test session (before anything imports prefect): ~/.prefect is untouched.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="tempstop-prefect-home-")
 atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)

@@ -16,10 +16,10 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def _run(args, cwd, timeout=600):
+def _run(args, cwd, timeout=600, with_stderr=False):
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout
+    return proc.stdout + proc.stderr if with_stderr else proc.stdout
 
 
 def _git_commit(root, message):
@@ -35,10 +35,11 @@ def test_dvc_repro_sequential_then_joint_experiment(project, write_params):
     _git_commit(project, "sequential smoke")
 
     start = time.monotonic()
-    out = _run(["dvc", "repro"], project)
+    out = _run(["dvc", "repro"], project, with_stderr=True)
     repro_seconds = time.monotonic() - start
-    for stage in ("demo_data", "validate", "extract_frames", "train_tempme", "train_stop", "evaluate"):
+    for stage in ("demo_data", "validate", "extract_frames", "train_tempme", "train_stop", "evaluate", "index"):
         assert f"Running stage '{stage}'" in out, stage
+    assert "Could not load library" not in out and "Loading faiss" not in out  # no loader chatter
 
     tempme = json.loads((project / "outputs/tempme/phase.json").read_text())
     stop = json.loads((project / "outputs/stop/phase.json").read_text())
@@ -53,6 +54,8 @@ def test_dvc_repro_sequential_then_joint_experiment(project, write_params):
     curves = (project / "metrics/plots/training_curves.csv").read_text().splitlines()
     assert len(curves) == 3 and "tempme_only" in curves[1] and "stop_only" in curves[2]
     assert "t2v.R1" in _run(["dvc", "metrics", "show"], project)
+    hits = json.loads(_run(["tempstop", "search", "--index", "outputs/index", "--json", "a red circle"], project))
+    assert len(hits["hits"]) == 5 and hits["hits"][0]["path"].endswith(".mp4")  # the index stage's test split
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tempstop").experiment_id])
@@ -65,6 +68,12 @@ def test_dvc_repro_sequential_then_joint_experiment(project, write_params):
     assert "val_t2v_R1" in train_run.data.metrics
     versions = client.search_model_versions("name='tempstop-unified'")
     assert len(versions) == 2 and all("val_t2v_R1" in v.tags for v in versions)
+
+    # Every output is the same when a stage runs again on the same inputs: forced reruns of the
+    # frames and of a training stage leave nothing for DVC to redo downstream.
+    _run(["dvc", "repro", "--force", "--single-item", "extract_frames"], project)
+    _run(["dvc", "repro", "--force", "--single-item", "train_stop"], project)
+    assert "up to date" in _run(["dvc", "status"], project)
 
     # Promotion, then the registry URI works wherever a checkpoint path does.
     assert "promoted to champion" in _run(["tempstop", "promote"], project)

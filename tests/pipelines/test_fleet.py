@@ -1,5 +1,5 @@
 """The team fleet on a real stack (PostgreSQL, MLflow server with proxied artifacts, Prefect
-server; pipelines/stack.py) on loopback ports chosen free: two promotions at once, a training
+server; pipelines/fleet/stack.py) on loopback ports chosen free: two promotions at once, a training
 killed with SIGKILL and retried, the tracking server killed mid-training.
 
 Training here is the tiny stand-in model (tests/training/training_helpers.py) run by a driver
@@ -15,31 +15,23 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from servers import postgres_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 BIN = Path(sys.executable).parent
 HELPERS = Path(__file__).resolve().parents[1] / "training"
-PG_CTL = Path("/usr/lib/postgresql/15/bin/pg_ctl")
 
 
 @pytest.fixture(scope="module")
 def stack():
     """One stack for the module, torn down after."""
-    from tempstop_pipelines.stack import Stack
+    from tempstop_pipelines.fleet.stack import Stack
 
-    if not PG_CTL.exists():
-        message = "Debian's PostgreSQL 15 is not installed (apt-get install postgresql-15; make test does as root)"
-        if os.environ.get("TEMPSTOP_REQUIRE_POSTGRES"):
-            pytest.fail(message)
-        pytest.skip(message)
-    # As root, PostgreSQL runs as the postgres user, which cannot enter pytest's private tmp_path.
-    base = Path(tempfile.mkdtemp(prefix="tempstop-fleet-"))
-    base.chmod(0o755)
+    base = postgres_folder("tempstop-fleet-")
     s = Stack(base / "stack")
     try:
         s.up(timeout_s=600)  # a loaded CI machine starts MLflow's workers slowly
@@ -63,7 +55,7 @@ def _env(stack, tmp_path: Path, prefect: bool) -> dict:
 RACE = """
 import contextlib, json, sys, time
 from tempstop.config import ProjectConfig
-from tempstop_pipelines import locks
+from tempstop_pipelines.fleet import locks
 from tempstop_pipelines.stages import promote as P
 
 version, start_at, delay, use_lock = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "lock"
@@ -139,8 +131,8 @@ import tempstop.model
 import tempstop.training.trainer as T
 from training_helpers import FakeModel
 from tempstop.config import ProjectConfig
-from tempstop_pipelines.recovery import recoverable
-from tempstop_pipelines.training import TrainingRun, run_training_from
+from tempstop_pipelines.fleet.recovery import recoverable
+from tempstop_pipelines.training.run import TrainingRun, run_training_from
 
 tempstop.model.create_unified_model = lambda cfg: FakeModel(cfg)
 pause = float(sys.argv[2])
@@ -343,7 +335,7 @@ def test_a_second_checkout_pulls_the_data_stages_instead_of_recomputing(tmp_path
     """Checkout A computes the data stages and pushes them (with DVC's run cache) to a remote
     folder; a fresh checkout B that never saw them pulls them, runs none, and `dvc status`
     is clean for the data stages there."""
-    from tempstop_pipelines.shared_data import DATA_STAGES, dvc, repro_and_push
+    from tempstop_pipelines.fleet.shared_data import DATA_STAGES, dvc, repro_and_push
 
     remote = tmp_path / "dvc-remote"
     remote.mkdir()

@@ -12,7 +12,7 @@ import pytest
 @pytest.mark.slow
 def test_unreachable_tracking_fails_the_flow_before_any_stage(harness, project, monkeypatch):
     from tempstop_pipelines.flows.retrain import retrain
-    from tempstop_pipelines.tracking import TrackingError
+    from tempstop_pipelines.tracking.runs import TrackingError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     with pytest.raises(TrackingError, match=r"127\.0\.0\.1:1"):
@@ -50,8 +50,10 @@ def test_joint_flow_runs_every_stage_and_promotes(harness, project):
         "train_tempme",
         "evaluate",
         "plots",
+        "index",
         "promote",
     }
+    assert (project / "outputs/index/manifest.json").is_file()  # the test split, indexed as dvc.yaml's stage does
 
     mlflow = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     champion = mlflow.get_model_version_by_alias("tempstop-unified", "champion")

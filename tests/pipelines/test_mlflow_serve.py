@@ -22,10 +22,10 @@ VENV = Path(sys.executable).parent.parent
 
 def test_make_serve_mlflow_answers_invocations_with_text_embeddings(tmp_path, helpers, monkeypatch):
     from tempstop.config import UnifiedModelConfig
+    from tempstop.inference.checkpoint import save_checkpoint
     from tempstop.model import create_unified_model
-    from tempstop.training.checkpoint import save_checkpoint
     from tempstop_pipelines.stages.promote import promote
-    from tempstop_pipelines.tracking import open_tracker
+    from tempstop_pipelines.tracking.runs import open_tracker
 
     project = helpers.copy_project(tmp_path / "project")
     uri = f"sqlite:///{project / 'mlflow.db'}"

@@ -1,4 +1,4 @@
-"""dvc.yaml and the Prefect flow run the same commands; train-phase planning; torchrun launch; plots."""
+"""dvc.yaml and the Prefect flow make the same typed stage calls; train-phase planning; torchrun launch; plots."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import yaml
 
 from tempstop.config import ProjectConfig, TrainingConfig
 from tempstop.training.state import Phase
-from tempstop_pipelines.flows.plan import SMOKE_OVERRIDES, Paths, dvc_set_args, pipeline_steps
+from tempstop_pipelines.cli import parse_job
+from tempstop_pipelines.flows.plan import SMOKE_OVERRIDES, Paths, PlanError, dvc_set_args, pipeline_steps
 from tempstop_pipelines.stages.plots import history_rows, make_plots, recall_rows
 from tempstop_pipelines.stages.train_phase import stage_plan
 
@@ -34,30 +35,48 @@ def _dvc_commands() -> dict[str, list[str]]:
 
 
 def test_flow_runs_exactly_the_dvc_commands():
+    # Each dvc.yaml command, parsed by the CLI's own parser, is the typed call the flow makes.
     dvc = _dvc_commands()
     training = TrainingConfig(mode="sequential")
-    steps = {
-        s.name: s.argv
-        for s in pipeline_steps(Paths.from_dvc_yaml(ROOT / "dvc.yaml"), training, pass_through=True)
-    }
-    for name in ("demo_data", "validate", "extract_frames", "train_tempme", "train_stop"):
-        assert dvc[name] == [["tempstop", *steps[name]]], name
-    assert dvc["evaluate"] == [["tempstop", *steps["evaluate"]], ["tempstop", *steps["plots"]]]
-    assert set(dvc) == {"demo_data", "validate", "extract_frames", "train_tempme", "train_stop", "evaluate"}
+    steps = {s.name: s for s in pipeline_steps(Paths.from_dvc_yaml(ROOT / "dvc.yaml"), training, pass_through=True)}
+    expected = {name: [name] for name in ("demo_data", "validate", "extract_frames", "train_tempme", "train_stop", "index")}
+    expected["evaluate"] = ["evaluate", "plots"]
+    assert set(dvc) == set(expected)
+    for stage, names in expected.items():
+        calls = [parse_job(argv[1:]) for argv in dvc[stage]]
+        assert [argv[0] for argv in dvc[stage]] == ["tempstop"] * len(names), stage
+        assert calls == [(steps[n].run, steps[n].job) for n in names], stage
+
+
+def test_the_comparison_would_see_a_drift():
+    # A dvc.yaml command with one more option than the flow's call is a different job.
+    step = next(s for s in pipeline_steps(Paths.from_dvc_yaml(ROOT / "dvc.yaml"), TrainingConfig()) if s.name == "index")
+    argv = ["index", "--checkpoint", step.job.checkpoint, "--data", step.job.data, "--out", step.job.out]
+    assert parse_job(argv) == (step.run, step.job)
+    run, job = parse_job([*argv, "--workers", "1"])
+    assert run is step.run and job != step.job and job.workers == 1
 
 
 def test_joint_flow_skips_the_pass_through_stage():
-    steps = pipeline_steps(Paths(), TrainingConfig(mode="joint"))
+    paths = Paths.from_dvc_yaml(ROOT / "dvc.yaml")
+    steps = pipeline_steps(paths, TrainingConfig(mode="joint"))
     names = [s.name for s in steps]
     assert "train_stop" not in names
+    assert names[-3:] == ["plots", "index", "promote"]
     evaluate = next(s for s in steps if s.name == "evaluate")
-    assert "outputs/tempme/best_model.pth" in evaluate.argv
-    assert not any(a in ("--set", "--params") for s in steps for a in s.argv)  # config travels as an object
+    assert evaluate.job.checkpoint == f"{paths.tempme}/best_model.pth"
+    assert next(s for s in steps if s.name == "index").job.checkpoint == evaluate.job.checkpoint
     assert next(s for s in steps if s.name == "extract_frames").retries > 0
     # A one-epoch sequential run has no STOP phase: nothing for train_stop to train.
-    assert "train_stop" not in [
-        s.name for s in pipeline_steps(Paths(), TrainingConfig(mode="sequential", num_epochs=1))
-    ]
+    assert "train_stop" not in [s.name for s in pipeline_steps(paths, TrainingConfig(mode="sequential", num_epochs=1))]
+
+
+def test_paths_come_from_dvc_yaml_only(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("vars:\n  - paths:\n      data: d\n")
+    with pytest.raises(PlanError, match="vars.paths has no frames"):
+        Paths.from_dvc_yaml(tmp_path / "dvc.yaml")
+    with pytest.raises(PlanError, match="cannot read"):
+        Paths.from_dvc_yaml(tmp_path / "missing.yaml")
 
 
 def test_smoke_overrides_are_valid_params():
@@ -86,7 +105,7 @@ def test_train_phase_plan(mode, epochs, tempme, stop):
 def test_several_gpus_launch_torchrun_with_one_run_file(monkeypatch, tmp_path):
     import sys
 
-    from tempstop_pipelines import training
+    from tempstop_pipelines.training import run as training
 
     seen = []
 
@@ -110,7 +129,7 @@ def test_several_gpus_launch_torchrun_with_one_run_file(monkeypatch, tmp_path):
         "--nproc_per_node=4",
         "-m",
     ]
-    assert cmd[6:-1] == ["tempstop_pipelines.launch"]
+    assert cmd[6:-1] == ["tempstop_pipelines.training.launch"]
     assert passed == run  # config, phases, weights to start from and tags: all in the file
     assert not Path(cmd[-1]).exists()  # a temporary
 

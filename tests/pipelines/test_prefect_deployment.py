@@ -87,3 +87,4 @@ def test_deployment_runs_to_completion_on_a_process_worker(tmp_path, helpers, pr
     assert 0 <= evaluation["t2v"]["R1"] <= 100
     promotion = json.loads((project / "reports/promote.json").read_text())
     assert promotion["action"] == "promoted to champion"
+    assert (project / "outputs/index/manifest.json").is_file()  # the flow's index stage, as dvc.yaml's

@@ -34,8 +34,8 @@ from media import make_clip, make_split  # noqa: E402
 def collection(tmp_path_factory):
     """12 clips and a tiny model checkpoint (4 frames)."""
     from tempstop.config import UnifiedModelConfig
+    from tempstop.inference.checkpoint import save_checkpoint
     from tempstop.model import create_unified_model
-    from tempstop.training.checkpoint import save_checkpoint
 
     base = tmp_path_factory.mktemp("ray")
     for i in range(12):
@@ -120,8 +120,9 @@ def test_ray_extraction_equals_the_local_one_and_survives_a_killed_worker(
     s = result["train"]
     assert (s["videos"], s["done"], s["failed"], s["items"]) == (12, 12, 0, 12)
     assert contents(killed_out / "train") == contents(tmp_path / "local" / "big" / "train")
-    # The killed shard was finished by another attempt, in the same journal.
-    assert len(killed["journal"].read_text().splitlines()) - 1 == PARAMS["extract"]["shard_size"]
+    # The killed shard was finished by another attempt; a finished store keeps no journal
+    # (it would record run-specific values in a DVC output).
+    assert not killed["journal"].exists()
     assert not list(killed_out.rglob("*.tmp"))
 
 

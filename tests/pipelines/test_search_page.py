@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+from servers import serving
+
+from tempstop_pipelines.serve.app import create_app
+from tempstop_pipelines.serve.engine import EngineHolder, load_engine
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "demo_model" / "best_model.pth"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -67,29 +67,9 @@ def _a_query_the_model_gets_right(index: Path, items: list[dict]) -> tuple[str, 
 
 @pytest.fixture(scope="module")
 def service(demo_index):
-    import uvicorn
-
-    from tempstop_pipelines.serve.app import create_app
-    from tempstop_pipelines.serve.engine import EngineHolder, load_engine
-
     index, _ = demo_index
-    app = create_app(EngineHolder(index, load_engine(index)), watch_interval_s=None)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(EngineHolder(index, load_engine(index)), watch_interval_s=None)) as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,15 +16,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
 from media import make_clip  # noqa: E402
+from servers import querying, serving  # noqa: E402
 
 from tempstop.collection import IndexSettings, index_videos  # noqa: E402
-from tempstop.config import UnifiedModelConfig  # noqa: E402
+from tempstop.config import IndexConfig, UnifiedModelConfig  # noqa: E402
+from tempstop.inference.checkpoint import save_checkpoint  # noqa: E402
 from tempstop.model import create_unified_model  # noqa: E402
-from tempstop.training.checkpoint import save_checkpoint  # noqa: E402
 from tempstop_pipelines.serve.app import create_app  # noqa: E402
 from tempstop_pipelines.serve.engine import EngineHolder, load_engine  # noqa: E402
 
-SETTINGS = IndexSettings(frames=4, size=64, workers=1, timeout_s=60)
+SETTINGS = IndexSettings(frames=4, size=64, index=IndexConfig(workers=1, timeout_s=60))
 
 
 def _checkpoint(path: Path, seed: int) -> Path:
@@ -39,11 +38,11 @@ def _checkpoint(path: Path, seed: int) -> Path:
 
 
 def _index(root: Path, checkpoint: Path, out: Path) -> dict:
-    from tempstop.loading import model_identity
-    from tempstop.training.checkpoint import load_model
+    from tempstop.inference.checkpoint import model_from_checkpoint
+    from tempstop.inference.sources import model_identity
 
     path, info = model_identity(checkpoint)
-    model, _, _ = load_model(path)
+    model, _, _ = model_from_checkpoint(path)
     return index_videos(model, root, out, SETTINGS, info, progress=False)
 
 
@@ -60,24 +59,8 @@ def served(tmp_path_factory):
     (root / "CURRENT").write_text("v1\n")
     holder = EngineHolder(root, load_engine(root))
     app = create_app(holder, watch_interval_s=0.2)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield {"url": url, "base": base, "videos": videos, "root": root, "holder": holder, "app": app}
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield {"url": url, "base": base, "videos": videos, "root": root, "holder": holder, "app": app}
 
 
 def test_search_returns_ranked_videos_with_urls(served):
@@ -184,26 +167,14 @@ def test_a_new_index_swaps_in_while_queries_run(served):
     base, root, url = served["base"], served["root"], served["url"]
     _index(served["videos"], _checkpoint(base / "m2.pth", 2), root / "v2")
     old_sha = httpx.get(f"{url}/health").json()["model"]["sha256"]
-    statuses, stop = [], threading.Event()
-
-    def client():
-        with httpx.Client(base_url=url) as c:
-            while not stop.is_set():
-                statuses.append(c.post("/search", json={"query": "a clip", "top_k": 3}).status_code)
-
-    threads = [threading.Thread(target=client) for _ in range(3)]
-    for t in threads:
-        t.start()
-    tmp = root / ".CURRENT.tmp"
-    tmp.write_text("v2\n")
-    tmp.replace(root / "CURRENT")  # atomic switch, as the re-index flow does
-    deadline = time.time() + 60
-    while time.time() < deadline and httpx.get(f"{url}/health").json()["model"]["sha256"] == old_sha:
-        time.sleep(0.1)
-    time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join()
+    with querying(url, "a clip", clients=3) as statuses:
+        tmp = root / ".CURRENT.tmp"
+        tmp.write_text("v2\n")
+        tmp.replace(root / "CURRENT")  # atomic switch, as the re-index flow does
+        deadline = time.time() + 60
+        while time.time() < deadline and httpx.get(f"{url}/health").json()["model"]["sha256"] == old_sha:
+            time.sleep(0.1)
+        time.sleep(0.5)
     health = httpx.get(f"{url}/health").json()
     assert health["model"]["sha256"] != old_sha and health["swaps"] == 1 and health["index"]["path"].endswith("v2")
     assert statuses and set(statuses) == {200}

@@ -8,32 +8,23 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import requests
+from servers import postgres_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 BIN = Path(sys.executable).parent
-PG_CTL = Path("/usr/lib/postgresql/15/bin/pg_ctl")
 
 
 def test_stack_up_serves_mlflow_and_prefect_on_postgres_and_comes_back(tmp_path):
     from mlflow import MlflowClient
 
-    from tempstop_pipelines.stack import Stack
+    from tempstop_pipelines.fleet.stack import Stack
 
-    if not PG_CTL.exists():
-        message = "Debian's PostgreSQL 15 is not installed (apt-get install postgresql-15; make test does as root)"
-        if os.environ.get("TEMPSTOP_REQUIRE_POSTGRES"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-    # As root, PostgreSQL runs as the postgres user, which cannot enter pytest's private tmp_path.
-    base = Path(tempfile.mkdtemp(prefix="tempstop-stack-"))
-    base.chmod(0o755)
+    base = postgres_folder("tempstop-stack-")
     stack = Stack(base / "stack")
     try:
         state = stack.up()

@@ -1,22 +1,25 @@
-"""MLflow tracking, registry and promotion (pipelines/tracking.py, tempstop promote)."""
+"""MLflow tracking, registry and promotion (pipelines/tracking/runs.py, tempstop promote), and
+loading a registered version (tempstop.inference.sources)."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from tempstop.config import UnifiedModelConfig
-from tempstop_pipelines.registry import resolve_model_uri
+from tempstop.inference.sources import CheckpointError, resolve_checkpoint
 from tempstop_pipelines.stages import promote as promote_stage
-from tempstop_pipelines.tracking import (
+from tempstop_pipelines.tracking.runs import (
     Tracker,
     TrackingError,
     check_tracking,
     open_tracker,
     sanitize_metric_name,
     selection_score,
+    tracking_uri,
 )
 
 
@@ -121,26 +124,20 @@ def test_register_promote_and_resolve(mlflow_uri, tmp_path, capsys):
     assert str(client.get_model_version_by_alias("unit-model", "challenger").version) == v2
 
     v3 = _register(tmp_path, cfg, 50.0)
-    args = promote_stage_args(["--name", "unit-model", "--json", str(tmp_path / "p.json")])
-    assert promote_stage.main(args) == 0
+    job = promote_stage.Promote(name="unit-model", json_out=str(tmp_path / "p.json"))
+    assert promote_stage.run(cfg, job) == 0
     out = capsys.readouterr().out
     assert "50.0000" in out and "40.0000" in out and "promoted to champion" in out
     assert json.loads((tmp_path / "p.json").read_text())["champion"] == v3
     assert str(client.get_model_version_by_alias("unit-model", "challenger").version) == v1
 
-    path = resolve_model_uri("models:/unit-model@champion", cfg, cache_dir=tmp_path / "cache")
+    uri = tracking_uri(cfg)
+    path = resolve_checkpoint("models:/unit-model@champion", uri, cache_dir=tmp_path / "cache")
     assert torch.load(path, weights_only=True)["model"]["w"][0].item() == 50.0
     # cached: a second resolution does not download again
-    assert resolve_model_uri("models:/unit-model@champion", cfg, cache_dir=tmp_path / "cache") == path
-    assert resolve_model_uri("outputs/x.pth") == "outputs/x.pth"
-    with pytest.raises(TrackingError, match="unit-model@nope"):
-        resolve_model_uri("models:/unit-model@nope", cfg, cache_dir=tmp_path / "cache")
+    assert resolve_checkpoint("models:/unit-model@champion", uri, cache_dir=tmp_path / "cache") == path
+    assert resolve_checkpoint("outputs/x.pth") == Path("outputs/x.pth")
+    with pytest.raises(CheckpointError, match="unit-model@nope"):
+        resolve_checkpoint("models:/unit-model@nope", uri, cache_dir=tmp_path / "cache")
 
 
-def promote_stage_args(argv):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    promote_stage.register(sub)
-    return parser.parse_args(["promote", *argv])

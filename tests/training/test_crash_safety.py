@@ -21,11 +21,11 @@ import pytest
 import torch
 from training_helpers import FakeModel, write_store
 
+import tempstop.inference.checkpoint
 import tempstop.model
-import tempstop.training.checkpoint
 import tempstop.utils
 from tempstop.config import ProjectConfig
-from tempstop.training.checkpoint import load_checkpoint
+from tempstop.inference.checkpoint import load_checkpoint
 from tempstop.training.setup import TrainingError
 from tempstop.training.trainer import UnifiedModelTrainer
 
@@ -73,7 +73,7 @@ class Writes:
             [],
         )
         monkeypatch.setattr(tempstop.utils, "atomic_write", self)
-        monkeypatch.setattr(tempstop.training.checkpoint, "atomic_write", self)
+        monkeypatch.setattr(tempstop.inference.checkpoint, "atomic_write", self)
 
     def __call__(self, path, write) -> None:
         path = Path(path)
@@ -171,10 +171,9 @@ tempstop.model.create_unified_model = lambda cfg: FakeModel(cfg)
 real_save = torch.save
 
 def save_and_die_in_checkpoint_2(obj, f, *args, **kwargs):
-    if "checkpoint_epoch_2" in str(f):
-        with open(f, "wb") as fh:
-            fh.write(os.urandom(1 << 16))  # half a file, then the power goes
-            fh.flush()
+    if "checkpoint_epoch_2" in str(getattr(f, "name", f)):
+        f.write(os.urandom(1 << 16))  # half a file, then the power goes
+        f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     return real_save(obj, f, *args, **kwargs)
 

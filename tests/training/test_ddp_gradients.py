@@ -37,7 +37,7 @@ CAPTIONS = [
 
 def _model():
     from tempstop.model import create_unified_model
-    from tempstop.utils import seed_everything
+    from tempstop.training.rng import seed_everything
 
     seed_everything(0)
     model = create_unified_model(UnifiedModelConfig.from_dict(CFG))

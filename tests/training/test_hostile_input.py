@@ -15,7 +15,12 @@ from training_helpers import FakeModel, write_store
 
 import tempstop.model
 from tempstop.config import ProjectConfig
-from tempstop.training.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from tempstop.inference.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from tempstop_pipelines.cli import main as cli
 
 NESTED = "[" * 100_000 + "]" * 100_000
@@ -173,7 +178,7 @@ def test_a_checkpoint_cannot_make_the_loader_open_a_file(tiny_checkpoint, tmp_pa
     Each of these would fail to load (a TorchScript file that is no CLIP, a text file, a missing
     file, a download without internet) if the loader opened it."""
     pretrained = str(_torchscript_file(tmp_path)) if target == "torchscript" else target
-    model, cfg, _ = load_model(_crafted(tiny_checkpoint, tmp_path, pretrained))
+    model, cfg, _ = model_from_checkpoint(_crafted(tiny_checkpoint, tmp_path, pretrained))
     assert cfg.model.pretrained is None
     _, state = tiny_checkpoint
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -131,8 +131,8 @@ def test_model_group_vectors_average_the_model_text_embeddings():
     import torch
 
     from tempstop.config import ModelConfig
+    from tempstop.inference.embed import embed_texts
     from tempstop.model import create_unified_model
-    from tempstop.training.evaluation import embed_texts
     from tempstop.training.hard_batches import model_group_vectors
 
     torch.manual_seed(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -90,6 +91,23 @@ def test_evaluate_rejects_bad_inputs(trained, tmp_path, capsys):
     assert "dataset root" in capsys.readouterr().err
 
 
+def test_indexing_a_split_twice_writes_the_same_bytes(trained, tmp_path):
+    # The pipeline's `index` stage is a DVC output: nothing in it may depend on when it ran.
+    _, store, out = trained
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        assert cli(["index", "--checkpoint", str(out / "best_model.pth"), "--data", str(store), "--out", str(folder),
+                    "--no-progress", "--set", "tracking.enabled=false"]) == 0  # fmt: skip
+        time.sleep(1.1)  # a timestamp to the second would differ between the two
+
+    def contents(folder):
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    first, second = (contents(f) for f in folders)
+    assert "manifest.json" in first and any(k.startswith("thumbs/") for k in first)
+    assert first == second
+
+
 def test_index_and_search(trained, tmp_path, capsys):
     _, store, out = trained
     rc = cli(["index", "--checkpoint", str(out / "best_model.pth"), "--data", str(store), "--out", str(tmp_path / "idx"),
@@ -171,20 +189,21 @@ def test_train_unified_model_script_uses_the_guide_config(fake_model, tmp_path, 
 
 
 def test_evaluate_resolves_registry_uris(trained, tmp_path, monkeypatch):
-    import tempstop_pipelines.registry
+    import tempstop.inference.sources
 
     _, store, out = trained
     seen = []
 
-    def resolve(uri, cfg=None, cache_dir=None):
-        seen.append(uri)
-        return str(out / "best_model.pth")
+    def download(uri, tracking_uri, cache_dir):  # the registry download, with the params' tracking URI
+        seen.append((uri, tracking_uri))
+        return out / "best_model.pth", "7"
 
-    monkeypatch.setattr(tempstop_pipelines.registry, "resolve_model_uri", resolve)
+    monkeypatch.setattr(tempstop.inference.sources, "_download", download)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     report = tmp_path / "eval.json"
     rc = cli(["evaluate", "--checkpoint", "models:/tempstop-unified@champion", "--data", str(store),
-              "--json", str(report), "--no-track", "--no-progress"])  # fmt: skip
-    assert rc == 0 and seen == ["models:/tempstop-unified@champion"]
+              "--json", str(report), "--no-track", "--no-progress", "--set", "tracking.uri=sqlite:///x.db"])  # fmt: skip
+    assert rc == 0 and seen == [("models:/tempstop-unified@champion", "sqlite:///x.db")]
     assert json.loads(report.read_text())["checkpoint"] == "models:/tempstop-unified@champion"
 
 
@@ -192,7 +211,7 @@ def test_train_command_talks_to_the_tracker(fake_model, tmp_path, monkeypatch):
     """check_tracking before training, metrics every epoch, the best checkpoint registered."""
     from contextlib import contextmanager
 
-    import tempstop_pipelines.tracking
+    import tempstop_pipelines.tracking.runs
 
     calls = []
 
@@ -212,8 +231,8 @@ def test_train_command_talks_to_the_tracker(fake_model, tmp_path, monkeypatch):
         calls.append(("open", job, run_name, tags))
         yield Recorder()
 
-    monkeypatch.setattr(tempstop_pipelines.tracking, "check_tracking", lambda cfg: calls.append(("check",)))
-    monkeypatch.setattr(tempstop_pipelines.tracking, "open_tracker", open_tracker)
+    monkeypatch.setattr(tempstop_pipelines.tracking.runs, "check_tracking", lambda cfg: calls.append(("check",)))
+    monkeypatch.setattr(tempstop_pipelines.tracking.runs, "open_tracker", open_tracker)
     store = write_store(tmp_path / "data", videos=8)
     rc = cli(["train", "--mode", "joint", "--seed", "5", "--epochs", "2", "--no-progress",
               "--checkpoint-dir", str(tmp_path / "ck"), "--summary", str(tmp_path / "s.json"),
@@ -259,7 +278,7 @@ def test_the_trainer_sets_up_every_attribute_in_init(fake_model, tmp_path):
 
 def test_train_phase_trains_its_phases_with_tags_as_arguments(fake_model, tmp_path, monkeypatch):
     """The DVC stage calls run_training in this process: its phases, its tags, no argv rebuilt."""
-    from tempstop_pipelines import training
+    from tempstop_pipelines.training import run as training
 
     seen = {}
     real = training.run_training

@@ -20,10 +20,10 @@ import torch
 import yaml
 
 from tempstop.config import UnifiedModelConfig
+from tempstop.inference.checkpoint import load_checkpoint
 from tempstop.model import UnifiedTempMeSTOPModel, create_unified_model
-from tempstop.training.checkpoint import load_checkpoint
+from tempstop.training.rng import seed_everything
 from tempstop.training.trainer import UnifiedModelTrainer
-from tempstop.utils import seed_everything
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -184,3 +184,16 @@ def schema_sections() -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(
         (name, tuple(field.annotation.model_fields)) for name, field in ProjectConfig.model_fields.items()
     )
+
+
+def code_deps(modules: set[str], folders: tuple[str, ...]) -> list[str]:
+    """What dvc.yaml should list as a stage's code deps for ``modules``: each of ``folders``
+    (paths relative to the root) whose every module is among them, then the remaining files."""
+    files = {str(module_file(m).relative_to(ROOT)) for m in modules}
+    out = []
+    for folder in folders:
+        inside = {str(p.relative_to(ROOT)) for p in (ROOT / folder).rglob("*.py")}
+        if inside and inside <= files:
+            out.append(folder)
+            files -= inside
+    return sorted(files | set(out))

@@ -13,7 +13,7 @@ from tempstop.config import ConfigError, DemoConfig, UnifiedModelConfig, load_co
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: Every key the user's guide (TRAINING_GUIDE.md) shows, in its JSON format.
+#: Every key the user's guide (docs/training.md) shows, in its JSON format.
 GUIDE = {
     "training": {
         "training_mode": "sequential",
@@ -213,3 +213,13 @@ def test_data_paths_default_to_the_splits_of_the_data_root():
     assert (cfg.train_data(), cfg.val_data()) == (str(Path("d/tr")), str(Path("d/val")))
     given = cfg.with_overrides({"training.train_data_path": "x/store"})
     assert given.train_data() == "x/store"
+
+
+def test_the_index_section_is_checked_when_read():
+    cfg = load_config()
+    assert (cfg.index.shard_size, cfg.index.workers, cfg.index.vector_index) == (1000, 2, None)
+    assert cfg.with_overrides({"index.vector_index": "ivf-sq8:nlist=64"}).index.vector_index == "ivf-sq8:nlist=64"
+    with pytest.raises(ConfigError, match=r"index\.vector_index.*hnsw"):
+        cfg.with_overrides({"index.vector_index": "hnsw"})
+    with pytest.raises(ConfigError, match=r"index\.workers"):
+        cfg.with_overrides({"index.workers": 0})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from code_graph import ROOT, module_file, param_reads, reachable, schema_sections
+from code_graph import ROOT, code_deps, module_file, param_reads, reachable, schema_sections
 
 #: dvc.yaml stage -> the `tempstop` sub-command modules its commands run.
 STAGE_MODULES = {
@@ -17,7 +17,10 @@ STAGE_MODULES = {
     "train_tempme": ["train_phase"],
     "train_stop": ["train_phase"],
     "evaluate": ["evaluate", "plots"],
+    "index": ["index"],
 }
+#: Packages a stage's deps name as one folder when the stage runs every module in them.
+CODE_FOLDERS = tuple(f"src/tempstop/{p}" for p in ("collection", "data", "inference", "model", "training", "vector_index"))
 #: Read by every stage that reads them, never params: where results are reported, where raw
 #: splits are cached.
 NEVER_PARAMS = {"tracking", "data.frames_cache"}
@@ -26,9 +29,10 @@ NOT_FROM_PARAMS = {
     # The training stages set these from their --frames and --out.
     "train_tempme": {"training.checkpoint_dir", "training.train_data_path", "training.val_data_path"},
     "train_stop": {"training.checkpoint_dir", "training.train_data_path", "training.val_data_path"},
-    # evaluate builds the model from the checkpoint's config; the annotation checks run only for a
-    # raw split, and dvc.yaml hands it frame stores.
+    # evaluate and index build the model from the checkpoint's config; the annotation checks run
+    # only for a raw split, and dvc.yaml hands them frame stores.
     "evaluate": {"model", "training.tempme_loss_weight", "training.stop_loss_weight", "validate"},
+    "index": {"model", "training.tempme_loss_weight", "training.stop_loss_weight", "validate"},
 }
 
 
@@ -59,11 +63,16 @@ def test_deps_cover_the_code_the_stage_runs(stage):
     deps = [Path(d) for d in _stages()[stage]["deps"] if not d.startswith("${")]
     files = {module_file(m).relative_to(ROOT) for m in _modules(stage)}
     missing = sorted(str(f) for f in files if not any(f == d or f.is_relative_to(d) for d in deps))
-    assert missing == [], f"{stage}: code it runs that dvc.yaml does not list"
+    suggested = "\n      - ".join(code_deps(_modules(stage), CODE_FOLDERS))
+    assert missing == [], f"{stage}: code it runs that dvc.yaml does not list; its code deps:\n      - {suggested}"
     for dep in deps:  # no stale entries: a code dep holds code the stage runs, or only data
         assert (ROOT / dep).exists(), f"{stage}: {dep} does not exist"
         py = [dep] if dep.suffix == ".py" else [p.relative_to(ROOT) for p in (ROOT / dep).rglob("*.py")]
         assert not py or any(p in files for p in py), f"{stage}: {dep} holds no code the stage runs"
+    # Each listed file or folder holds only code the stage runs (an edit elsewhere must not
+    # make DVC rerun it): folders only where the stage runs all of them.
+    listed = [d for d in deps if (ROOT / d).suffix == ".py" or (ROOT / d).is_dir() and any((ROOT / d).rglob("*.py"))]
+    assert sorted(str(d) for d in listed) == code_deps(_modules(stage), CODE_FOLDERS), stage
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_MODULES))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tempstop.data.store import array_relpath, save_array, write_index
-from tempstop.training.evaluation import gallery_entries
+from tempstop.evaluation import gallery_entries
 from tempstop_pipelines.stages.gallery import film_strip
 from tempstop_pipelines.stages.plots import make_plots
 

@@ -264,8 +264,9 @@ def test_cli_import_dataset(msrvtt, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert rc == 0
     assert "train: 2 videos, 5 captions" in printed and "1 missing videos skipped, e.g. video3" in printed
-    with pytest.raises(SystemExit, match="annotations folder not found"):
-        main([*argv[:-1], str(tmp_path / "nope"), "--videos", str(msrvtt / "videos"), "--out", str(out)])
+    assert main([*argv[:-1], str(tmp_path / "nope"), "--videos", str(msrvtt / "videos"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tempstop import-dataset: ") and err.endswith("annotations folder not found")
 
 
 def test_msrvtt_val_carved_from_train(msrvtt, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-provenance = pytest.importorskip("tempstop_pipelines.provenance")
+provenance = pytest.importorskip("tempstop_pipelines.tracking.provenance")
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -90,6 +90,7 @@ def test_stale_temporaries_are_removed(tmp_path):
         (lambda p: _edit_item(p, file="../../etc/passwd"), r"items\[0\]: 'file' must be"),
         (lambda p: _edit_item(p, key="a/b"), "not file-name safe"),
         (lambda p: _edit_item(p, captions="one"), "'captions' must be a list"),
+        (lambda p: _edit(p, video_sha1={"vid0": 1}), "'video_sha1' must map"),
     ],
 )
 def test_corrupt_index_names_the_file(tmp_path, corrupt, message):
@@ -117,6 +118,18 @@ def test_missing_or_wrong_array_names_file_and_key(tmp_path):
     save_array(tmp_path / "arrays" / "vid2.npy", np.zeros((4, 8, 8), np.uint8))
     with pytest.raises(StoreError, match="vid2.*expected uint8"):
         store.load(2)
+
+
+def test_source_is_relative_to_the_store_in_the_index_and_absolute_when_read(tmp_path):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    store_dir = tmp_path / "frames" / "train"
+    _store(store_dir)
+    _edit(store_dir / "index.json", source="../../data/train")
+    assert FrameStore(store_dir).source == str((tmp_path / "data" / "train").resolve())
+    _edit(store_dir / "index.json", source="/elsewhere/train")  # stores of earlier versions
+    assert FrameStore(store_dir).source == "/elsewhere/train"
+    _edit(store_dir / "index.json", source=None)
+    assert FrameStore(store_dir).source is None
 
 
 def test_missing_index(tmp_path):

@@ -1,8 +1,12 @@
 """Video collections for search: index any folder of videos (or a dataset split), query it.
 
     from tempstop.collection import IndexSettings, index_videos, CollectionSearch
-    index_videos(model, "my_videos/", "my_index/", IndexSettings(frames=12, size=224), info)
-    hits = CollectionSearch("my_index/", model, info).search(["a dog catches a frisbee"], top_k=5)
+    from tempstop.config import IndexConfig
+    from tempstop.inference import open_model
+    loaded = open_model("models:/tempstop-unified@champion")
+    settings = IndexSettings.for_model(loaded.model, IndexConfig())
+    index_videos(loaded.model, "my_videos/", "my_index/", settings, loaded.identity)
+    hits = CollectionSearch("my_index/", loaded.model, loaded.identity).search(["a dog catches a frisbee"], top_k=5)
 
 Layout on disk: :mod:`tempstop.collection.manifest`. No side effects at import.
 """

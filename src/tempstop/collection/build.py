@@ -16,7 +16,7 @@ import logging
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from tempstop import vector_index as vi
 from tempstop.collection import manifest as mf
 from tempstop.collection import shards
 from tempstop.collection.decode import thumbnail_strip
 from tempstop.collection.scan import FoundVideo, file_hash, scan_videos
+from tempstop.config import IndexConfig
+from tempstop.data.annotations import read_annotations
+from tempstop.inference.embed import embed_videos, model_input
 from tempstop.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -35,22 +39,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """How a collection is indexed. ``frames``/``size``: the model's input; ``vector_index``:
-    an index type for :func:`tempstop.vector_index.choose_index_spec` (None: by size)."""
+    """How a collection is indexed: the model's input (``frames`` per video of ``size`` px)
+    and the ``index`` section of the config (shards, batches, workers, vector index...)."""
 
     frames: int
     size: int
-    shard_size: int = 1000
-    batch_size: int = 32
-    workers: int = 2
-    timeout_s: float = 120.0
-    thumb_frames: int = 4
-    thumb_height: int = 72
-    vector_index: str | None = None
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    @classmethod
+    def for_model(cls, model, index: IndexConfig, frames: int | None = None, size: int | None = None) -> IndexSettings:
+        """The settings that feed ``model`` the frames it was trained on: its own frame count
+        and size, else ``frames`` and ``size`` (e.g. its checkpoint's config, or a store's)."""
+        own_frames, own_size = model_input(model)
+        frames, size = own_frames or frames, own_size or size
+        if frames is None or size is None:
+            raise mf.CollectionError("the model does not say its frame count and size; cannot index with it")
+        return cls(frames, size, index)
 
     def recorded(self) -> dict[str, Any]:
         """What must stay the same for old rows to be reused (not workers, batch or timeout)."""
-        return {k: v for k, v in asdict(self).items() if k in ("frames", "size", "thumb_frames", "thumb_height")}
+        return {"frames": self.frames, "size": self.size, "thumb_frames": self.index.thumb_frames,
+                "thumb_height": self.index.thumb_height}  # fmt: skip
 
 
 def _start(out: Path, root: Path, source: str, model_info: dict, settings: IndexSettings, dim: int) -> dict:
@@ -79,16 +88,17 @@ def index_videos(
 
     Incremental: a video whose size and modification time are unchanged keeps its row;
     new and changed videos are embedded, deleted ones dropped. A video that fails to decode
-    (or hangs past ``settings.timeout_s``) is listed under ``failed`` with its reason.
+    (or hangs past ``index.timeout_s``) is listed under ``failed`` with its reason.
     """
     t0 = time.perf_counter()
     root, out = Path(root).resolve(), Path(out)
     if not root.is_dir():
         raise mf.CollectionError(f"{root}: not a folder")
     manifest, todo, known, found = plan_update(root, out, settings, model_info, model.embed_dim)
-    jobs = shards.plan_shards(todo, settings.shard_size, model_info.get("sha256", ""), settings.recorded())
-    decode = partial(shards.decode_shard, root, settings=settings.recorded(), out=out, workers=settings.workers,
-                     timeout_s=settings.timeout_s, progress=progress)  # fmt: skip
+    opts = settings.index
+    jobs = shards.plan_shards(todo, opts.shard_size, model_info.get("sha256", ""), settings.recorded())
+    decode = partial(shards.decode_shard, root, settings=settings.recorded(), out=out, workers=opts.workers,
+                     timeout_s=opts.timeout_s, progress=progress)  # fmt: skip
     pool = ThreadPoolExecutor(1)  # the next shard decodes while this one is embedded
     try:
         pending = pool.submit(decode, jobs[0]) if jobs else None
@@ -96,7 +106,7 @@ def index_videos(
             pending.result()
             if i + 1 < len(jobs):
                 pending = pool.submit(decode, jobs[i + 1])
-            shards.merge_part(manifest, shards.embed_shard(model, out, job.id, settings.batch_size, device))
+            shards.merge_part(manifest, shards.embed_shard(model, out, job.id, opts.batch_size, device))
             manifest["vector_index"] = None  # stale until the run ends
             mf.write_manifest(out, manifest)
     finally:
@@ -136,14 +146,12 @@ def index_store(
     the videos are the split's ``videos/`` files where they still exist, thumbnails are drawn
     from the stored frames.
     """
-    from tempstop.training.evaluation import embed_videos
-
-    t0 = time.perf_counter()
+    t0, opts = time.perf_counter(), settings.index
     out = Path(out)
     root = Path(store.source) / "videos" if getattr(store, "source", None) else Path(store.path)
     manifest = mf.new_manifest(str(root.resolve()), "store", model_info, settings.recorded(), model.embed_dim)
     (out / mf.THUMBS_DIR).mkdir(parents=True, exist_ok=True)
-    vectors = embed_videos(model, store, torch.device(device), settings.batch_size, progress=progress).numpy()
+    vectors = embed_videos(model, store, torch.device(device), opts.batch_size, progress=progress).numpy()
     files = _store_files(store)
     entries = []
     for i, item in enumerate(store.items):
@@ -151,14 +159,14 @@ def index_store(
         vid = mf.video_id(item["key"])
         thumb = f"{mf.THUMBS_DIR}/{vid}.jpg"
         atomic_write(out / thumb, lambda tmp, f=frames[mask]: tmp.write_bytes(
-            thumbnail_strip(f, settings.thumb_frames, settings.thumb_height)))  # fmt: skip
+            thumbnail_strip(f, opts.thumb_frames, opts.thumb_height)))  # fmt: skip
         rel = files.get(item["video_id"], "")
         entries.append({"id": vid, "path": rel, "bytes": 0, "mtime_ns": 0,
                         "hash": file_hash(Path(store.path) / item["file"]), "duration": None, "fps": None,
                         "width": None, "height": None, "frames": int(mask.sum()), "thumbnail": thumb,
                         "segment": item.get("segment"), "video_id": item["video_id"]})  # fmt: skip
-    for start in range(0, len(entries), settings.shard_size):
-        chunk = vectors[start : start + settings.shard_size]
+    for start in range(0, len(entries), opts.shard_size):
+        chunk = vectors[start : start + opts.shard_size]
         name = hashlib.sha1(json.dumps([e["id"] for e in entries[start : start + len(chunk)]]).encode()).hexdigest()[:16]
         shard = mf.write_shard(out, name, chunk)
         shards.merge_part(manifest, {"shard": shard, "videos": entries[start : start + len(chunk)], "failed": []})
@@ -170,8 +178,6 @@ def index_store(
 
 def _store_files(store) -> dict[str, str]:
     """video_id -> the video's path under the split's ``videos/`` (from its annotations)."""
-    from tempstop.data.annotations import read_annotations
-
     source = getattr(store, "source", None)
     if not source or not (Path(source) / "annotations.json").is_file():
         return {}
@@ -185,10 +191,8 @@ def _store_files(store) -> dict[str, str]:
 def finish(out: Path, manifest: dict, settings: IndexSettings) -> dict:
     """Sort, compact, build the vector index over the live rows, write the manifest last;
     the shards' work folders are removed (everything in them is merged)."""
-    from tempstop import vector_index as vi
-
     manifest["videos"].sort(key=lambda v: (v["path"], v.get("video_id") or "", v["id"]))
-    _compact(out, manifest, settings.shard_size)
+    _compact(out, manifest, settings.index.shard_size)
     shutil.rmtree(out / shards.WORK_DIR, ignore_errors=True)
     referenced = {v["thumbnail"] for v in manifest["videos"]}
     for thumb in (out / mf.THUMBS_DIR).glob("*.jpg"):  # of deleted or changed videos
@@ -199,7 +203,7 @@ def finish(out: Path, manifest: dict, settings: IndexSettings) -> dict:
         (out / mf.VECTORS_FILE).unlink(missing_ok=True)
         manifest["vector_index"] = {"file": None, "rows": 0, "spec": None, "describe": None}
     else:
-        spec = vi.choose_index_spec(len(vectors), manifest["dim"], settings.vector_index)
+        spec = vi.choose_index_spec(len(vectors), manifest["dim"], settings.index.vector_index)
         index = vi.build_index(vectors, np.arange(len(vectors), dtype=np.int64), spec)
         vi.save_index(index, out / mf.VECTORS_FILE)
         manifest["vector_index"] = {"file": mf.VECTORS_FILE, "rows": len(vectors), "spec": spec.to_dict(),

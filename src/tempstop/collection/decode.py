@@ -10,13 +10,15 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from PIL import Image
+
+from tempstop.collection.scan import file_hash
+from tempstop.data.video import sample_clip
 
 
 def thumbnail_strip(frames: np.ndarray, count: int, height: int) -> bytes:
     """JPEG of ``count`` frames spread over ``frames`` (uint8 ``[K, H, W, 3]``, time order),
     each scaled to ``height`` pixels (aspect kept), side by side."""
-    from PIL import Image
-
     picks = np.linspace(0, len(frames) - 1, num=min(count, len(frames))).round().astype(int)
     tiles = []
     for i in picks:
@@ -48,9 +50,6 @@ def decode_for_index(job: dict) -> dict:
     ``thumb_frames``, ``thumb_height``. Returns the padded model input (``frames`` uint8
     ``[T, S, S, 3]``, ``num_valid``), the file's metadata and content hash, and a JPEG
     thumbnail strip. Raises :class:`tempstop.data.video.VideoError` for a bad file."""
-    from tempstop.collection.scan import file_hash
-    from tempstop.data.video import sample_clip
-
     clip = sample_clip(job["path"], job["frames"], job["size"])
     frames, num_valid = pad_frames(clip.frames[0], job["frames"])
     return {

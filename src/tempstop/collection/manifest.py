@@ -14,7 +14,7 @@
      "shards": [{"file": "shards/<id>.npy", "rows": n}],
      "videos": [{"id", "path", "bytes", "mtime_ns", "hash", "duration", "fps", "width", "height",
                  "frames", "shard", "row", "thumbnail", "segment", "video_id"}],
-     "failed": [{"path", "reason"}], "collection_hash", "vector_index": {...}, "updated"}
+     "failed": [{"path", "reason"}], "collection_hash", "vector_index": {...}}
 
 A shard is never rewritten: a changed or deleted video only leaves its old row unused, so a
 killed run keeps every finished shard, and a re-run embeds only what is new. Rows that no
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,7 @@ def video_id(path: str) -> str:
 def new_manifest(root: str, source: str, model: dict, settings: dict, dim: int) -> dict[str, Any]:
     return {"format": FORMAT, "root": root, "source": source, "model": model, "settings": settings,
             "dim": dim, "shards": [], "videos": [], "failed": [], "collection_hash": "",
-            "vector_index": None, "updated": ""}  # fmt: skip
+            "vector_index": None}  # fmt: skip
 
 
 def read_manifest(index_dir: str | Path) -> dict[str, Any]:
@@ -100,8 +99,9 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
 
 
 def write_manifest(index_dir: str | Path, manifest: dict[str, Any]) -> None:
-    """Stamp and write ``manifest.json`` atomically (readers see the old or the new one)."""
-    manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """Write ``manifest.json`` atomically (readers see the old or the new one). Nothing in it
+    depends on when it was written: the same collection and model give the same bytes (the
+    file's modification time says when)."""
     manifest["collection_hash"] = collection_hash(manifest["videos"])
     atomic_write_json(Path(index_dir) / MANIFEST, manifest)
 

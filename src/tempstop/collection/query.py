@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tempstop import vector_index as vi
 from tempstop.collection import manifest as mf
 from tempstop.collection.scan import inside
+from tempstop.inference.sources import open_model
 
 #: Most results one query may ask for.
 MAX_TOP_K = 100
@@ -47,8 +49,6 @@ class CollectionSearch:
     """
 
     def __init__(self, index_dir: str | Path, model, model_info: dict, device: str | torch.device = "cpu") -> None:
-        from tempstop import vector_index as vi
-
         self.dir = mf.resolve_index_dir(index_dir)
         self.manifest = mf.read_manifest(self.dir)
         built = self.manifest["model"]
@@ -91,8 +91,6 @@ class CollectionSearch:
 
     def search_vectors(self, queries: np.ndarray, top_k: int, filters: Filters | None = None) -> list[list[dict]]:
         """Like :meth:`search` for query embeddings ``[Q, D]``."""
-        from tempstop import vector_index as vi
-
         if not 1 <= top_k <= MAX_TOP_K:
             raise ValueError(f"top_k must be 1..{MAX_TOP_K}, got {top_k}")
         if self.vectors is None:
@@ -148,11 +146,6 @@ def open_collection(
 ) -> CollectionSearch:
     """A collection index with the model that built it (its recorded checkpoint or registry
     version; ``checkpoint`` may name the same model elsewhere, another one is refused)."""
-    from tempstop.loading import model_identity
-    from tempstop.training.checkpoint import load_model
-
     folder = mf.resolve_index_dir(index)
-    source = checkpoint or mf.read_manifest(folder)["model"]["source"]
-    path, info = model_identity(source, tracking_uri)
-    model, _, _ = load_model(path, device)
-    return CollectionSearch(folder, model, info, device)
+    loaded = open_model(checkpoint or mf.read_manifest(folder)["model"]["source"], device, tracking_uri)
+    return CollectionSearch(folder, loaded.model, loaded.identity, device)

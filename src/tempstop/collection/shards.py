@@ -27,6 +27,8 @@ import torch
 from tempstop.collection import manifest as mf
 from tempstop.collection.decode import decode_for_index
 from tempstop.collection.scan import FoundVideo
+from tempstop.data.transforms import frames_to_tensor
+from tempstop.data.workers import WorkerError, map_with_timeout
 from tempstop.utils import atomic_write, atomic_write_json
 
 WORK_DIR = "work"
@@ -60,8 +62,6 @@ def decode_shard(
 ) -> Path:  # fmt: skip
     """Decode the shard's videos (``settings``: ``frames``, ``size``, ``thumb_frames``,
     ``thumb_height``); returns ``work/<id>/decoded.json`` (written last)."""
-    from tempstop.data.workers import WorkerError, map_with_timeout
-
     work = work_dir(out, job.id)
     done = work / "decoded.json"
     if done.is_file():
@@ -98,8 +98,6 @@ def _entry(video: dict, result: dict, out: str | Path) -> dict:
 @torch.no_grad()
 def _embed(model, frames: np.ndarray, masks: np.ndarray, device) -> np.ndarray:
     """``[B, T, S, S, 3]`` uint8 frames -> ``[B, D]`` float32 embeddings."""
-    from tempstop.data.transforms import frames_to_tensor
-
     video = frames_to_tensor(torch.from_numpy(np.array(frames)).to(device))  # a copy: shards are memory-mapped  # [B, T, 3, S, S]
     return model.encode_video(video, torch.from_numpy(masks).to(device)).float().cpu().numpy()
 

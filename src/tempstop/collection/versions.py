@@ -50,13 +50,14 @@ def set_current(root: str | Path, tag: str) -> None:
 
 def reindex(
     root: str | Path, model, model_info: dict, settings: IndexSettings, videos: str | Path | None = None,
-    keep: int = 2, device="cpu", progress: bool = True,
+    device="cpu", progress: bool = True,
 ) -> dict:  # fmt: skip
     """Embed the collection with ``model`` into ``ROOT/<version tag>`` and make it current.
 
     ``videos`` is the folder to index; by default the one the current version covers. A
     version folder that already holds this model's index is updated incrementally. Of the
-    other versions, the ``keep - 1`` newest stay (rollback), older ones are removed.
+    other versions, the ``index.keep_versions - 1`` newest stay (rollback), older ones are
+    removed.
     """
     root = Path(root)
     live = current_version(root)
@@ -67,7 +68,7 @@ def reindex(
     tag = version_tag(model_info)
     summary = index_videos(model, videos, root / tag, settings, model_info, device, progress)
     set_current(root, tag)
-    summary.update(version=tag, previous=live, removed_versions=_prune(root, tag, live, keep))
+    summary.update(version=tag, previous=live, removed_versions=_prune(root, tag, live, settings.index.keep_versions))
     log.info("%s: CURRENT -> %s (was %s)", root, tag, live)
     return summary
 

@@ -1,4 +1,4 @@
-"""The native annotation format (DESIGN section 5).
+"""The native annotation format (docs/design.md §5).
 
 A split folder holds ``videos/`` and ``annotations.json``: a JSON list of items
 ``{"video_id": str, "video": str, "captions": [str, ...], "timestamps": [[s, e], ...]}``

@@ -19,6 +19,13 @@ Resuming: each shard appends a line per finished video to its journal
 journal line matches the current file and whose arrays all exist; anything else is redone.
 Arrays and ``index.json`` are written atomically, and the index only at the end, so a store
 with an index is always complete and an interrupted run leaves nothing half-written.
+
+Reproducible: a finished store (a DVC output) holds only what follows from its inputs, so two
+runs on the same split write the same bytes on any machine. The journals are deleted once the
+index is written (a rerun skips what the index holds, checking each file's ``sha1``), the
+index names its split relative to the store and failed videos relative to the split, and its
+lists are in annotation order whatever order the work finished in. Timings are only in the
+returned summary.
 """
 
 from __future__ import annotations
@@ -30,20 +37,22 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from tempstop.config import ExtractConfig, ValidateConfig
 from tempstop.data.annotations import VideoRecord, read_annotations, read_raw, record_from_json, split_paths
 from tempstop.data.extract_jobs import (
     JOURNAL_DIR,
-    batch_jobs,
     ExtractError,
     Journal,
+    batch_jobs,
     extract_video,
+    file_sha1,
     finished,
     journal_files,
     load_journals,
     make_key,
     plan_jobs,
+    remove_journals,
     stamp,
 )
 from tempstop.data.store import (
@@ -55,18 +64,19 @@ from tempstop.data.store import (
     remove_stale_temporaries,
     write_index,
 )
+from tempstop.data.validate import check_annotations, format_problem
+from tempstop.data.video import VideoError, safe_video_path
+from tempstop.data.workers import map_batched
 
-if TYPE_CHECKING:  # worker processes import this module: keep pydantic out of their start-up
-    from tempstop.config import ExtractConfig, ValidateConfig
-
-__all__ = ["ExtractError", "SplitPlan", "ensure_store", "extract_shard", "extract_split", "extract_video",
+__all__ = ["ExtractError", "SplitPlan", "extract_shard", "extract_split", "extract_video",
            "finish_split", "make_key", "plan_jobs", "plan_split"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 #: Annotation problems named in the error that refuses a split (all are in the exception's count).
 MAX_LISTED = 20
-# Imported once by the worker pool's fork server rather than by every worker.
+# Imported once by the worker pool's fork server rather than by every worker (the workers run
+# tempstop.data.extract_jobs.extract_video: they never import this module).
 _WORKER_PRELOAD = ("numpy", "decord", "PIL.Image", "tempstop.data.video")
 
 
@@ -74,9 +84,10 @@ _WORKER_PRELOAD = ("numpy", "decord", "PIL.Image", "tempstop.data.video")
 @dataclass
 class SplitPlan:
     """What :func:`plan_split` found: every planned video (``jobs``, annotation order), the
-    items earlier runs finished (``finished``: key -> num_valid), the videos refused
-    (``failed``), and ``shards`` of the videos left to do (``{"id", "jobs"}``; a job holds
-    absolute paths, its file ``stamp`` and the settings, all a worker needs)."""
+    items earlier runs finished (``finished``: key -> num_valid, ``sha1``: video id -> file
+    digest), the videos refused (``failed``), and ``shards`` of the videos left to do
+    (``{"id", "jobs"}``; a job holds absolute paths, its file ``stamp`` and the settings, all
+    a worker needs)."""
 
     split_dir: str
     store: str
@@ -88,6 +99,7 @@ class SplitPlan:
     failed: list[dict]
     finished: dict[str, int]
     shards: list[dict]
+    sha1: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)  # clock of the planning process
     planned: float = field(default_factory=time.perf_counter)  # planning done, extraction starts
 
@@ -109,8 +121,6 @@ def plan_split(
     """Read the split, check it (``checks``: see :func:`extract_split`), find what earlier
     runs finished and cut the rest into shards of ``shard_size`` videos. A shard's id is a
     hash of its videos (file, size, mtime) and the settings."""
-    from tempstop.data.video import VideoError, safe_video_path
-
     t0 = time.perf_counter()
     split_dir, store = Path(os.path.abspath(split_dir)), Path(os.path.abspath(out_dir))
     ann_path = Path(annotations) if annotations else split_paths(split_dir)[0]
@@ -124,7 +134,7 @@ def plan_split(
     entries = load_journals(journal_files(store), settings)
     remove_stale_temporaries(store)  # from a run that was killed mid-write
 
-    todo, done = [], {}
+    todo, done, digests = [], {}, {}
     for job in jobs:
         try:
             path = safe_video_path(split_dir, job["video"])
@@ -132,14 +142,17 @@ def plan_split(
         except (VideoError, OSError) as exc:
             failed.append({"video_id": job["video_id"], "file": job["video"], "reason": str(exc)})
             continue
-        previous = finished(job, entries, indexed, store)
-        if previous is not None:
-            done.update(previous)
+        work = dict(job, path=str(path), store=str(store), **settings, threads=1)
+        previous = finished(work, entries, indexed, store)
+        if previous is None:
+            todo.append(work)
             continue
-        todo.append(dict(job, path=str(path), store=str(store), **settings, threads=1))
+        done.update(previous["num_valid"])
+        if previous["sha1"]:
+            digests[job["video_id"]] = previous["sha1"]
     shards = [_shard(todo[i : i + shard_size], settings) for i in range(0, len(todo), max(1, shard_size))]
     return SplitPlan(str(split_dir), str(store), str(ann_path), datatype, settings, len(records),
-                     jobs, failed, done, shards, t0, time.perf_counter())  # fmt: skip
+                     jobs, failed, done, shards, sha1=digests, started=t0, planned=time.perf_counter())  # fmt: skip
 
 
 def _shard(jobs: list[dict], settings: dict) -> dict:
@@ -147,9 +160,10 @@ def _shard(jobs: list[dict], settings: dict) -> dict:
     return {"id": hashlib.sha1(key).hexdigest()[:16], "jobs": jobs}
 
 
-def _indexed(store: Path, want: dict) -> dict[str, int]:
-    """``num_valid`` by key from an existing index (trusted only without journals, e.g. a
-    copied store); :class:`ExtractError` when it was made with other settings."""
+def _indexed(store: Path, want: dict) -> dict:
+    """``{"num_valid": {key: n}, "sha1": {video_id: digest}}`` from an existing index (for the
+    videos no journal holds: see :func:`~tempstop.data.extract_jobs.finished`);
+    :class:`ExtractError` when it was made with other settings."""
     if not is_store(store):
         return {}
     try:
@@ -157,10 +171,17 @@ def _indexed(store: Path, want: dict) -> dict[str, int]:
     except StoreError as exc:  # a corrupt index is rebuilt, not trusted
         log.warning("ignoring existing index: %s", exc)
         return {}
-    have = {"frames": index["frames"], "size": index["size"], "per_segment": index.get("per_segment", want["per_segment"])}
+    have = {
+        "frames": index["frames"],
+        "size": index["size"],
+        "per_segment": index.get("per_segment", want["per_segment"]),
+    }
     if have != want:
         raise ExtractError(f"{store}: holds a store made with {have}, not {want}; use another --out")
-    return {it["key"]: it["num_valid"] for it in index["items"]}
+    return {
+        "num_valid": {it["key"]: it["num_valid"] for it in index["items"]},
+        "sha1": index.get("video_sha1", {}),
+    }
 
 
 # ---- one shard --------------------------------------------------------------------------
@@ -170,23 +191,25 @@ def extract_shard(
     """Extract one shard's videos in ``workers`` processes (0: in this process, no timeout),
     each recorded in the shard's journal as it finishes; a video already there (an earlier
     attempt of this shard) is skipped. Returns ``{"id", "done", "num_valid": {key: n},
-    "failed": [{"video_id", "file", "reason"}]}``."""
-    from tempstop.data.workers import map_batched
-
+    "sha1": {video_id: file digest}, "failed": [{"video_id", "file", "reason"}]}``."""
     jobs = shard["jobs"]
     if not jobs:
-        return {"id": shard["id"], "done": 0, "num_valid": {}, "failed": []}
+        return {"id": shard["id"], "done": 0, "num_valid": {}, "sha1": {}, "failed": []}
     store = Path(jobs[0]["store"])
     settings = {k: jobs[0][k] for k in ("frames", "size", "per_segment")}
     path = store / JOURNAL_DIR / f"{shard['id']}.jsonl"
     entries = load_journals([path] if path.is_file() else [], settings)
     num_valid: dict[str, int] = {}
+    digests: dict[str, str] = {}
     todo = []
     for job in jobs:
         previous = finished(job, entries, {}, store) if entries else None
-        num_valid.update(previous or {})
         if previous is None:
             todo.append(job)
+            continue
+        num_valid.update(previous["num_valid"])
+        if previous["sha1"]:
+            digests[job["video_id"]] = previous["sha1"]
     failed = []
     with Journal(path, settings) as journal:
         # Small clips travel to the workers a few at a time (batch_jobs); a batch that times out
@@ -198,38 +221,54 @@ def extract_shard(
                 reason = str(result).removeprefix("VideoError: ")
                 failed.append({"video_id": job["video_id"], "file": job["video"], "reason": reason})
                 continue
-            journal.add({k: job[k] for k in ("video_id", "video", "stamp")} | {"num_valid": result["num_valid"]})
+            journal.add(
+                {k: job[k] for k in ("video_id", "video", "stamp")}
+                | {k: result[k] for k in ("num_valid", "sha1")}
+            )
             num_valid.update(result["num_valid"])
-    return {"id": shard["id"], "done": len(jobs) - len(failed), "num_valid": num_valid, "failed": failed}
+            digests[job["video_id"]] = result["sha1"]
+    return {"id": shard["id"], "done": len(jobs) - len(failed), "num_valid": num_valid, "sha1": digests,
+            "failed": failed}  # fmt: skip
 
 
 # ---- finish -----------------------------------------------------------------------------
 def finish_split(plan: SplitPlan | dict, results: list[dict]) -> dict:
-    """Write the index of ``plan``'s store from its shards' ``results`` (any order); returns
-    the summary of :func:`extract_split`. Items are in annotation order."""
+    """Write the index of ``plan``'s store from its shards' ``results`` (any order) and delete
+    its journals; returns the summary of :func:`extract_split`. Items, failures and digests
+    are in annotation order, so the index does not depend on how the work was cut or ordered."""
     plan = plan if isinstance(plan, SplitPlan) else SplitPlan(**plan)
     store = Path(plan.store)
     by_id = {r["id"]: r for r in results}
     missing = [s["id"] for s in plan.shards if s["id"] not in by_id]
     if missing:
         raise ExtractError(f"{store}: shard(s) {', '.join(missing)} have no result; the index is not written")
-    done = dict(plan.finished)
-    failed = list(plan.failed)
+    done, digests, failed = dict(plan.finished), dict(plan.sha1), []
     for shard in plan.shards:
         done.update(by_id[shard["id"]]["num_valid"])
+        digests.update(by_id[shard["id"]].get("sha1", {}))
         failed += by_id[shard["id"]]["failed"]
+    order = {job["video_id"]: i for i, job in enumerate(plan.jobs)}
+    failed = [dict(f, reason=_relative(f["reason"], plan.split_dir)) for f in
+              plan.failed + sorted(failed, key=lambda f: order.get(f["video_id"], len(order)))]  # fmt: skip
     remove_stale_temporaries(store)  # left by a worker that died mid-write
-    items = [dict(it, num_valid=done[it["key"]]) for job in plan.jobs for it in job["items"] if it["key"] in done]
+    items = [
+        dict(it, num_valid=done[it["key"]]) for job in plan.jobs for it in job["items"] if it["key"] in done
+    ]
+    split = Path(plan.split_dir).resolve()
     index = {
         "version": STORE_VERSION,
         **plan.settings,
-        "source": str(Path(plan.split_dir).resolve()),
-        "annotations_sha1": _sha1(Path(plan.annotations)),
+        "source": Path(os.path.relpath(split, store.resolve())).as_posix(),  # FrameStore.source: absolute
+        "annotations_sha1": file_sha1(Path(plan.annotations)),
         "datatype": plan.datatype,
         "items": [_ordered(it) for it in items],
         "failed": failed,
+        "video_sha1": {
+            job["video_id"]: digests[job["video_id"]] for job in plan.jobs if job["video_id"] in digests
+        },
     }
     write_index(store, index)
+    remove_journals(store)  # the index holds all a rerun needs; journals differ from run to run
     now = time.perf_counter()
     seconds, work_s = now - plan.started, now - plan.planned
     n_done = sum(by_id[s["id"]]["done"] for s in plan.shards)
@@ -291,8 +330,6 @@ def extract_split(
 def _refuse_invalid(split_dir: Path, ann_path: Path, checks: ValidateConfig) -> None:
     """Raise :class:`ExtractError` naming every annotation error of the split (the first on
     the first line, the others below)."""
-    from tempstop.data.validate import check_annotations, format_problem
-
     errors = [p for p in check_annotations(split_dir, checks, ann_path) if p["severity"] == "error"]
     if errors:
         lines = [format_problem(p) for p in errors[:MAX_LISTED]]
@@ -317,45 +354,7 @@ def _ordered(item: dict) -> dict:
     return {f: item[f] for f in fields}
 
 
-def _sha1(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
-
-
-# ---- raw split or store ---------------------------------------------------------------
-def ensure_store(
-    path: str | Path,
-    cache_root: str | Path,
-    cfg: ExtractConfig,
-    frames: int,
-    *,
-    datatype: str | None = None,
-    checks: ValidateConfig | None = None,
-    progress: bool = True,
-) -> tuple[Path, dict | None]:
-    """A frame store for ``path``: the path itself if it is a store, else an extraction of it.
-
-    A raw split folder (holding annotations.json) is extracted into
-    ``cache_root/<split>-<hash of its absolute path, frames, size, per_segment>/``; an existing
-    cache is reused while the split's annotations are unchanged, and completed otherwise.
-    ``checks`` as in :func:`extract_split`. Returns the store and the extraction summary
-    (``None`` when nothing was extracted).
-    """
-    path = Path(path)
-    if is_store(path):
-        return path, None
-    ann_path, _ = split_paths(path)
-    if not ann_path.is_file():
-        raise ExtractError(
-            f"{path}: neither a frame store ({INDEX_FILE}) nor a split folder (annotations.json)"
-        )
-    key = f"{path.resolve()}|{frames}|{cfg.size}|{cfg.per_segment}"
-    cache = Path(cache_root) / f"{path.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
-    if is_store(cache):
-        try:
-            if read_index(cache).get("annotations_sha1") == _sha1(ann_path):
-                return cache, None
-        except StoreError as exc:
-            log.warning("rebuilding frame cache: %s", exc)
-    log.info("extracting %s into the frame cache %s", path, cache)
-    summary = extract_split(path, cache, cfg, frames, progress, datatype=datatype, checks=checks)
-    return cache, summary
+def _relative(reason: str, split_dir: str) -> str:
+    """A failure reason with the split's absolute path cut from the file names it holds
+    (``videos/x.mp4: file not found``): the index must not name the machine's folders."""
+    return reason.replace(split_dir.rstrip(os.sep) + os.sep, "")

@@ -5,8 +5,14 @@ A job is one video: the file to decode and the store items it yields (:func:`pla
 ``<store>/journal/<shard>.jsonl``: one file per shard, so shards extracted at the same time
 on several machines never write to the same file. The first line of a journal holds the
 settings (and the writing host and process, for whoever inspects a run); each further line a
-finished video (its id, file, ``stamp`` = size and mtime, ``num_valid`` by item key).
-``<store>/journal.jsonl`` of stores written before shards is read as well.
+finished video (its id, file, ``stamp`` = size and mtime, ``num_valid`` by item key, ``sha1``
+of the file). ``<store>/journal.jsonl`` of stores written before shards is read as well.
+
+Journals exist only while a store is unfinished: :func:`remove_journals` deletes them once the
+index is written. They hold what differs from run to run (mtimes, host, process, the order
+videos finished in, shard ids made from mtimes), and a finished store is a DVC output whose
+bytes must depend on its inputs only. A finished store resumes from its index instead, which
+records each video's ``sha1``: a video whose file changed since is extracted again.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import stat
 from pathlib import Path
@@ -24,6 +31,8 @@ import numpy as np
 
 from tempstop.data.annotations import VideoRecord
 from tempstop.data.store import array_relpath, save_array
+from tempstop.data.video import VideoError, sample_clip
+from tempstop.utils import file_digest
 
 JOURNAL_FILE = "journal.jsonl"  # single journal of earlier versions (read, never written)
 JOURNAL_DIR = "journal"
@@ -113,12 +122,10 @@ def extract_video(job: dict) -> dict:
     """Decode, sample, resize and save one video's items (runs in a worker process).
 
     ``job``: ``path`` (video file), ``store`` (store folder), ``frames``, ``size``, ``threads``,
-    ``items`` (``key``, ``segment``). Returns ``{"num_valid": {key: n}}``. Sampling and
-    resizing: :func:`tempstop.data.video.sample_clip`; a clip shorter than ``frames`` is
-    zero-padded.
+    ``items`` (``key``, ``segment``). Returns ``{"num_valid": {key: n}, "sha1": file digest}``.
+    Sampling and resizing: :func:`tempstop.data.video.sample_clip`; a clip shorter than
+    ``frames`` is zero-padded.
     """
-    from tempstop.data.video import sample_clip
-
     t, s = job["frames"], job["size"]
     segments = [None if it["segment"] is None else tuple(it["segment"]) for it in job["items"]]
     clip = sample_clip(job["path"], t, s, segments, job.get("threads", 1))
@@ -130,14 +137,12 @@ def extract_video(job: dict) -> dict:
             padded[: len(frames)] = frames
             frames = padded
         save_array(Path(job["store"]) / array_relpath(item["key"]), frames)
-    return {"num_valid": num_valid}
+    return {"num_valid": num_valid, "sha1": file_sha1(job["path"])}  # the file is in the page cache now
 
 
 # ---- the journal ----------------------------------------------------------------------
 def stamp(path: Path) -> list[int]:
     """(size, mtime) of a video: a changed file is extracted again on resume."""
-    from tempstop.data.video import VideoError
-
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -145,6 +150,12 @@ def stamp(path: Path) -> list[int]:
     if st is None or not stat.S_ISREG(st.st_mode):
         raise VideoError(f"{path}: file not found")
     return [st.st_size, st.st_mtime_ns]
+
+
+def file_sha1(path: str | Path) -> str:
+    """Hex SHA-1 of a file's bytes: what a finished store records of each video (and of the
+    annotations), the same on every machine, unlike :func:`stamp`."""
+    return file_digest(path, "sha1")
 
 
 def journal_files(store: Path) -> list[Path]:
@@ -182,20 +193,32 @@ def load_journals(files: list[Path], want: dict) -> dict[str, list[dict]]:
     return entries
 
 
-def finished(job: dict, entries: dict[str, list[dict]], indexed: dict[str, int], store: Path) -> dict | None:
-    """``num_valid`` by key if every item of ``job`` (with its ``stamp``) is already extracted:
-    the newest journal entry for this very file (same name, size and mtime), or, for a store
-    without journals, its index (``indexed``). ``None`` when anything must be redone."""
-    same = [e for e in entries.get(job["video_id"], []) if e.get("stamp") == job["stamp"] and e.get("video") == job["video"]]
+def finished(job: dict, entries: dict[str, list[dict]], indexed: dict, store: Path) -> dict | None:
+    """``{"num_valid": {key: n}, "sha1": digest or None}`` if every item of ``job`` (with its
+    ``stamp`` and ``path``) is already extracted: from the newest journal entry for this very
+    file (same name, size and mtime), or, for a video no journal holds, from the index of a
+    finished store (``indexed``: ``{"num_valid": {key: n}, "sha1": {video_id: digest}}``), if
+    the file still has the digest recorded there (an index without one, e.g. of an older
+    version, is trusted). ``None`` when anything must be redone."""
+    journalled = entries.get(job["video_id"], [])
+    same = [e for e in journalled if e.get("stamp") == job["stamp"] and e.get("video") == job["video"]]
     if same:
-        have = same[-1].get("num_valid", {})
-    elif not entries:
-        have = indexed
-    else:
+        have, digest = same[-1].get("num_valid", {}), same[-1].get("sha1")
+    elif journalled:
         return None  # journalled, but for another file (it changed since): redo
-    if all(it["key"] in have and (store / it["file"]).is_file() for it in job["items"]):
-        return {it["key"]: have[it["key"]] for it in job["items"]}
-    return None
+    else:
+        have, digest = indexed.get("num_valid", {}), indexed.get("sha1", {}).get(job["video_id"])
+    if not all(it["key"] in have and (store / it["file"]).is_file() for it in job["items"]):
+        return None
+    if not same and digest is not None and file_sha1(job["path"]) != digest:
+        return None  # the file changed since the index was written: redo
+    return {"num_valid": {it["key"]: have[it["key"]] for it in job["items"]}, "sha1": digest}
+
+
+def remove_journals(store: Path) -> None:
+    """Delete the journals of a store whose index is written (see the module docstring)."""
+    (store / JOURNAL_FILE).unlink(missing_ok=True)
+    shutil.rmtree(store / JOURNAL_DIR, ignore_errors=True)
 
 
 class Journal:

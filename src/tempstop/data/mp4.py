@@ -5,6 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 
 from tempstop.utils import atomic_write
@@ -22,8 +23,6 @@ def write_video(
     ``pts_seconds`` gives explicit presentation times (for variable-frame-rate clips);
     by default frame ``i`` is shown at ``i / fps``. H and W must be even (yuv420p).
     """
-    import av
-
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")

@@ -4,11 +4,16 @@ Layout (docs/ARCHITECTURE.md)::
 
     <store>/index.json          {"version": 1, "frames": T, "size": S, "source", "datatype",
                                  "items": [{"key", "video_id", "file", "captions",
-                                            "num_valid", "segment"}], "failed": [...]}
+                                            "num_valid", "segment"}], "failed": [...],
+                                 "video_sha1": {video_id: SHA-1 of the video file}}
     <store>/arrays/<key>.npy    uint8 [T, S, S, 3]; frames past num_valid are zero padding
 
 Every file is written atomically (temporary file + rename), so a reader never sees half an
 array or half an index, and an interrupted extraction leaves only whole files behind.
+``source`` is the split folder the store was extracted from, relative to the store folder
+(absolute in stores of earlier versions): the index, like every file of a finished store,
+holds nothing that depends on where or when it was written (it is a DVC output).
+:attr:`FrameStore.source` gives it as an absolute path.
 """
 
 from __future__ import annotations
@@ -135,6 +140,9 @@ def validate_index(index: Any, where: str) -> None:
         raise StoreError(f"{where}: 'items' must be a list")
     if not isinstance(index.get("failed", []), list):
         raise StoreError(f"{where}: 'failed' must be a list")
+    digests = index.get("video_sha1", {})
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise StoreError(f"{where}: 'video_sha1' must map video ids to strings")
     seen: set[str] = set()
     for i, item in enumerate(items):
         _validate_item(item, index["frames"], f"{where}: items[{i}]")
@@ -165,10 +173,19 @@ def _validate_item(item: Any, frames: int, where: str) -> None:
         raise StoreError(f"{where}: 'segment' must be null or [start, end], got {seg!r}")
 
 
+def _absolute_source(store_dir: Path, source: Any) -> str | None:
+    """The index's ``source`` (relative to the store folder, or absolute) as an absolute path;
+    symlinks resolved, as the relative path was made between resolved folders."""
+    if not isinstance(source, str) or not source:
+        return None
+    return source if os.path.isabs(source) else str((store_dir / source).resolve())
+
+
 class FrameStore:
     """Read-only access to a frame store folder.
 
     ``len(store)``, ``store.items`` (the index items), ``store.frames`` (T), ``store.size`` (S),
+    ``store.source`` (the absolute path of the split folder it was extracted from, or ``None``),
     ``store.load(i) -> (uint8 [T, S, S, 3], bool [T])`` where the mask marks real frames.
     The index is validated on open; an array is checked when loaded.
     """
@@ -180,7 +197,7 @@ class FrameStore:
         self.frames: int = self.index["frames"]
         self.size: int = self.index["size"]
         self.failed: list[dict[str, Any]] = self.index.get("failed", [])
-        self.source: str | None = self.index.get("source")
+        self.source: str | None = _absolute_source(self.path, self.index.get("source"))
         self.datatype: str | None = self.index.get("datatype")
         # mmap keeps memory flat when many DataLoader workers read large stores.
         self._mmap_mode = "r" if mmap else None

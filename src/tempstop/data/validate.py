@@ -26,6 +26,8 @@ from tempstop.config import ValidateConfig
 from tempstop.data import expectations as ex
 from tempstop.data.annotations import AnnotationError, read_raw, split_paths
 from tempstop.data.video import probe_video, unsafe_path_reason
+from tempstop.data.workers import TaskTimeout, map_with_timeout
+from tempstop.utils import atomic_write_text
 
 
 @dataclass
@@ -267,8 +269,6 @@ def _raw_id(item: Any) -> Any:
 
 def _probe_videos(result, rows, ids, raw, videos_dir, cfg, probe_fn, progress, add) -> None:
     """Probe each distinct video file once, in workers; add video and segment problems."""
-    from tempstop.data.workers import map_with_timeout
-
     by_path: dict[str, list[int]] = {}  # video file (as reported) -> annotation rows using it
     for r in rows:
         if r["file_exists"] and r["video_id"] is not None:
@@ -313,8 +313,6 @@ def _probe_videos(result, rows, ids, raw, videos_dir, cfg, probe_fn, progress, a
 
 
 def _probe_reason(err: Exception, path: str, cfg: ValidateConfig) -> str:
-    from tempstop.data.workers import TaskTimeout
-
     if isinstance(err, TaskTimeout):
         return f"probe timed out after {cfg.timeout_s:g} s (decord can hang on a file whose header over-reports its frames)"
     text = str(err).removeprefix("VideoError: ").removeprefix(f"{path}: ")
@@ -336,7 +334,7 @@ def format_report(results: list[ValidationResult], limit: int = 50) -> str:
     lines = []
     for r in results:
         status = "OK" if r.ok else "FAILED"
-        gx = r.timings.get("gx_validate_s", 0.0) + r.timings.get("gx_import_s", 0.0)
+        gx = r.timings.get("gx_validate_s", 0.0) + r.timings.get("gx_setup_s", 0.0)
         lines.append(
             f"{r.split}: {status}  {r.items} items, {len(r.errors)} errors, {len(r.warnings)} warnings "
             f"(expectations {gx:.1f} s, probes {r.timings.get('probe_s', 0.0):.1f} s)"
@@ -352,6 +350,4 @@ def format_report(results: list[ValidationResult], limit: int = 50) -> str:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Atomic JSON write (reports, cleaned annotation files)."""
-    from tempstop.utils import atomic_write_text
-
     atomic_write_text(Path(path), json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

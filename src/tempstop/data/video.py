@@ -12,8 +12,8 @@ A window (the whole clip or one caption's segment) that shows fewer distinct fra
 requested yields every frame it has, in order, and the caller zero-pads; it never repeats a
 frame to fill up.
 
-decord is imported inside the functions: this module is imported by worker processes and by the
-validation stage, which must stay cheap to start.
+Importing this module imports decord, PyAV and Pillow (~0.3 s): the processes that import it
+decode, and worker pools preload it once in their fork server (:mod:`tempstop.data.workers`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
+import decord
 import numpy as np
+from PIL import Image
 
 
 class VideoError(RuntimeError):
@@ -38,9 +42,7 @@ def open_reader(path: str | Path, threads: int = 1, dims: tuple[int, int] | None
     ``dims = (width, height)`` makes FFmpeg scale while converting to RGB (see
     :func:`decode_dims`), much cheaper than converting full HD frames and shrinking them after.
     """
-    import decord
-
-    _quiet_ffmpeg(decord)
+    _quiet_ffmpeg()
     width, height = dims or (-1, -1)
     try:
         return decord.VideoReader(
@@ -50,7 +52,7 @@ def open_reader(path: str | Path, threads: int = 1, dims: tuple[int, int] | None
         raise VideoError(f"{path}: cannot open video: {_short(exc)}") from None
 
 
-def _quiet_ffmpeg(decord: Any) -> None:
+def _quiet_ffmpeg() -> None:
     """FFmpeg's own log lines (e.g. "moov atom not found") would tear through progress bars;
     every failure is reported with its reason anyway."""
     global _FFMPEG_QUIET
@@ -133,8 +135,6 @@ def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     same as resize-then-crop and several times cheaper for wide frames; ``reducing_gap`` lets
     Pillow pre-shrink by an integer factor first, a large saving on HD input at no visible cost.
     """
-    from PIL import Image
-
     t, h, w = frames.shape[:3]
     out = np.empty((t, size, size, 3), dtype=np.uint8)
     if h == w == size:
@@ -235,8 +235,6 @@ def video_size(path: str | Path) -> tuple[int, int] | None:
     try:
         size = _mp4_video_size(Path(path))
         if size is None:
-            import av
-
             with av.open(str(path)) as container:
                 ctx = container.streams.video[0].codec_context
                 size = (int(ctx.width), int(ctx.height))
@@ -248,8 +246,6 @@ def video_size(path: str | Path) -> tuple[int, int] | None:
 def _mp4_video_size(path: Path) -> tuple[int, int] | None:
     """Coded size from the visual sample entry (``moov/trak/mdia/minf/stbl/stsd``) of the
     first ``vide`` track; ``None`` if the file is not MP4/MOV or has no such track."""
-    import struct
-
     with open(path, "rb") as fh:
         end = os.fstat(fh.fileno()).st_size
 

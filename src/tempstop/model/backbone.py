@@ -18,7 +18,12 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import open_clip
 import torch
+from open_clip.convert import convert_state_dict
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, resize_pos_embed
+from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
+from safetensors.torch import load_file
 from torch import nn
 
 from tempstop.config import BackboneArchitecture, ModelConfig
@@ -37,8 +42,6 @@ def register_model_configs() -> None:
     """Make the packaged configs (``tempstop-tiny``) known to open_clip (idempotent)."""
     global _registered
     if not _registered:
-        import open_clip
-
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
 
@@ -52,8 +55,6 @@ def create_clip(cfg: ModelConfig) -> nn.Module:
     weights (tag ``openai``, a TorchScript file, a CLIP4Clip-family ``clip.`` state dict, an
     imported architecture) were trained with QuickGELU.
     """
-    import open_clip
-
     register_model_configs()
     if cfg.architecture is None and cfg.backbone not in open_clip.list_models():
         raise ValueError(
@@ -90,8 +91,6 @@ def _clip_from_architecture(
     arch: BackboneArchitecture, context_length: int, image_size: int | None, quick_gelu: bool
 ) -> nn.Module:
     """An open_clip ``CLIP`` with OpenAI's layout and the numbers of ``arch`` (heads = width // 64)."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-
     vision = CLIPVisionCfg(
         layers=arch.vision_layers,
         width=arch.vision_width,
@@ -140,8 +139,6 @@ def architecture_from_weights(state: dict[str, torch.Tensor], source: str) -> Ba
 
 def get_tokenizer(cfg: ModelConfig, context_length: int):
     """open_clip's tokenizer for the backbone (CLIP's BPE for an ``architecture``)."""
-    import open_clip
-
     register_model_configs()
     with quiet_open_clip():
         if cfg.architecture is not None:
@@ -161,8 +158,6 @@ def resolve_pretrained(name: str, pretrained: str | None) -> str | None:
     )
     if looks_like_path:
         raise FileNotFoundError(f"model.pretrained: checkpoint file not found: {pretrained}")
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
-
     cfg = get_pretrained_cfg(name, pretrained)
     if not cfg:
         tags = list_pretrained_tags_by_model(name)
@@ -208,8 +203,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """CLIP weights from a checkpoint file, whichever of the supported formats it is."""
     path = str(path)
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
         state = load_file(path, device="cpu")
     elif is_torchscript(path):
         # OpenAI's format is a TorchScript module; its state dict has open_clip's key names.
@@ -245,9 +238,6 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> None:
     Adapts what differs legitimately: the text positional embedding is truncated to the
     model's context length, the image one is interpolated to the model's grid.
     """
-    from open_clip.convert import convert_state_dict
-    from open_clip.model import resize_pos_embed
-
     state = convert_state_dict(model, read_state_dict(path))
     # Scripted (OpenAI-format) files also store buffers the model rebuilds itself (attn_mask).
     rebuilt = {name for name, _ in model.named_buffers()} - set(model.state_dict())

@@ -1,4 +1,4 @@
-"""LoRA on the fused q/k/v projection of CLIP's attention layers (TempMe, DESIGN section 2)."""
+"""LoRA on the fused q/k/v projection of CLIP's attention layers (TempMe, docs/design.md §2)."""
 
 from __future__ import annotations
 

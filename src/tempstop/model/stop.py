@@ -1,4 +1,4 @@
-"""STOP (DESIGN section 3): spatial-temporal dynamic prompting.
+"""STOP (docs/design.md §3): spatial-temporal dynamic prompting.
 
 STOP layer ``i`` (``i = 1 .. stop.layers``) works on the input of transformer block ``i``,
 using the CLS attention of block ``i - 1`` (the last attention the tokens went through, so

@@ -1,4 +1,4 @@
-"""TempMe (DESIGN section 2): the layer schedule, its parameters and the ClipMe join.
+"""TempMe (docs/design.md §2): the layer schedule, its parameters and the ClipMe join.
 
 A layer is in the *frame* phase (every frame its own sequence; ImgMe merges ``r`` pairs per
 frame after attention) until the first ClipMe layer; from there it is in the *clip* phase

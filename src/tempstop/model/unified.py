@@ -1,4 +1,4 @@
-"""UnifiedTempMeSTOPModel (DESIGN section 4) and its factory.
+"""UnifiedTempMeSTOPModel (docs/design.md §4) and its factory.
 
 Variants (``model.variant``) are configurations of the same model:
 
@@ -16,9 +16,10 @@ STOP-prompted frame CLS tokens just before the first ClipMe layer (without ClipM
 embedding). Either way a video embedding is ``mean over valid frames of
 normalize(proj(ln_post(CLS_t)))``, normalised.
 
-The model owns no loss: ``forward`` returns the embeddings and the logit scale, and
-:class:`tempstop.losses.RetrievalLoss` (``model.loss``) turns them into the losses;
-``compute_training_loss`` (the user's guide interface) is the two in a row.
+``forward`` computes no loss: it returns the embeddings and the logit scale. The loss is its
+own module, :class:`tempstop.losses.RetrievalLoss`; the model holds one as ``model.loss`` only
+because the user's guide puts ``compute_training_loss`` on the model (``model.loss(model(...))``,
+what the trainer trains, so a subclass can add terms).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tempstop.config import MODEL_MODES, PARAM_GROUPS, ModelConfig, UnifiedModelConfig, load_config
+from tempstop.config import MODE_GROUPS, PARAM_GROUPS, ModelConfig, UnifiedModelConfig, load_config
 from tempstop.losses import RetrievalLoss
 from tempstop.model.backbone import create_clip, get_tokenizer
 from tempstop.model.stop import STOP
@@ -211,17 +212,14 @@ class UnifiedTempMeSTOPModel(nn.Module):
         return groups
 
     def set_training_mode(self, mode: str, freeze_text: bool = False) -> None:
-        """``joint`` (TempMe and STOP train), ``tempme_only`` (STOP frozen), ``stop_only``
-        (TempMe frozen). The backbone trains in every mode unless ``freeze_backbone``; its text
-        tower not with ``freeze_text`` (``demo_recipe.freeze_text``: its LoRA and STOP's text
-        prompts still train). ``sequential`` is the trainer's: tempme_only, then stop_only."""
-        if mode not in MODEL_MODES:
-            raise ValueError(f"training mode must be one of {', '.join(MODEL_MODES)}, got {mode!r}")
-        trains = {
-            "tempme": mode in ("joint", "tempme_only"),
-            "stop": mode in ("joint", "stop_only"),
-            "backbone": not self.cfg.freeze_backbone,
-        }
+        """Train the module groups of ``mode`` (:data:`~tempstop.config.MODE_GROUPS`: joint both,
+        tempme_only TempMe, stop_only STOP) and freeze the other. The backbone trains in every
+        mode unless ``freeze_backbone``; its text tower not with ``freeze_text``
+        (``demo_recipe.freeze_text``: its LoRA and STOP's text prompts still train)."""
+        if mode not in MODE_GROUPS:
+            raise ValueError(f"training mode must be one of {', '.join(MODE_GROUPS)}, got {mode!r}")
+        trains = {group: group in MODE_GROUPS[mode] for group in ("tempme", "stop")}
+        trains["backbone"] = not self.cfg.freeze_backbone
         for group, named in self.named_param_groups().items():
             for name, p in named:
                 p.requires_grad_(trains[group] and not (freeze_text and is_text_backbone(name)))

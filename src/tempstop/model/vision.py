@@ -100,11 +100,7 @@ def encode_frames(
     schedule = tempme.schedule if tempme is not None else [LayerPlan()] * len(blocks)
     loras = tempme.visual_lora if tempme is not None else None
     n_stop = len(stop.layers) if stop is not None else 0
-    if n_stop >= min(first_clip_layer(schedule), len(blocks)):
-        raise ValueError(
-            f"model.stop.layers={n_stop}: STOP prompts the inputs of blocks 1..{n_stop}, which must "
-            f"come before the first ClipMe layer ({first_clip_layer(schedule)}) and the last block"
-        )
+    _check_stop_layers(n_stop, schedule, len(blocks))
     valid = video_mask.to(torch.bool)
     x = embed_frames(visual, video.flatten(0, 1))  # [BT, 1 + gh*gw, D]
     w = _Walker(x, valid, tuple(visual.grid_size), track_grid=n_stop > 0)
@@ -133,19 +129,19 @@ def encode_frames(
             _merge_after_attention(w, plan, out.keys, track=i + 1 <= n_stop)
         w.x = mlp_half(block, w.x)
         if record:
-            seqs = w.x.shape[0] // b
-            tokens.append(
-                {
-                    "layer": i,
-                    "sequences": seqs,
-                    "input": n_in,
-                    "concat": n_concat,
-                    "after_cross": n_cross,
-                    "output": w.x.shape[1],
-                }
-            )
+            tokens.append({"layer": i, "sequences": w.x.shape[0] // b, "input": n_in, "concat": n_concat,
+                           "after_cross": n_cross, "output": w.x.shape[1]})  # fmt: skip
             hidden.append((w.x, w.size))
     return VideoFeatures(_final_cls(w, b, t), stop_cls, tokens, hidden)
+
+
+def _check_stop_layers(n_stop: int, schedule: list[LayerPlan], n_blocks: int) -> None:
+    """STOP's layers must all come before the first ClipMe layer and the last block."""
+    if n_stop >= min(first_clip_layer(schedule), n_blocks):
+        raise ValueError(
+            f"model.stop.layers={n_stop}: STOP prompts the inputs of blocks 1..{n_stop}, which must "
+            f"come before the first ClipMe layer ({first_clip_layer(schedule)}) and the last block"
+        )
 
 
 def _cross_clip(w: _Walker, plan: LayerPlan, pos: torch.Tensor) -> int:

@@ -1,8 +1,9 @@
 """Training: the loop (:class:`UnifiedModelTrainer`), optimisers and schedules, the
-quadruple-keeping sampler, datasets over frame stores, checkpoints and DDP helpers.
+quadruple-keeping sampler, the dataset over frame stores, crash-safe outputs, RNG states and
+DDP helpers. Checkpoints are written in the format of :mod:`tempstop.inference.checkpoint`.
 
 ``from tempstop.training import UnifiedModelTrainer`` works; the import is lazy so that the
-light submodules (sampler, optim) do not pull in the whole trainer.
+light submodules (state, sampler, optim) do not pull in the whole trainer.
 """
 
 __all__ = ["UnifiedModelTrainer"]

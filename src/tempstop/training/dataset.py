@@ -1,4 +1,5 @@
-"""Datasets over a frame store (``tempstop.data.store.FrameStore``) and text queries.
+"""The training dataset over a frame store (``tempstop.data.store.FrameStore``): a video's
+frames with one of its captions; and the quadruple ids of a store's videos (demo data).
 
 Samples stay uint8 until they reach the device (4x less to copy than float); the trainer
 normalises them there with :func:`tempstop.data.transforms.frames_to_tensor`. Captions are
@@ -16,12 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tempstop.config import PARAGRAPH_DATATYPES
-
 log = logging.getLogger(__name__)
-
-#: Words of a paragraph query (captions of a video joined), as CLIP4Clip uses for DiDeMo / ActivityNet.
-PARAGRAPH_MAX_WORDS = 64
 
 
 class ClipCaptionDataset(Dataset):
@@ -47,65 +43,6 @@ class ClipCaptionDataset(Dataset):
             "caption": self.captions[index][caption],
             "index": index,
         }
-
-
-class VideoDataset(Dataset):
-    """``dataset[i]`` -> frames and mask of store item ``indices[i]`` (for embedding videos)."""
-
-    def __init__(self, store, indices: list[int] | None = None) -> None:
-        self.store = store
-        self.indices = list(range(len(store))) if indices is None else list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict:
-        index = self.indices[i]
-        frames, mask = self.store.load(index)
-        return {
-            "frames": torch.from_numpy(np.ascontiguousarray(frames)),
-            "mask": torch.from_numpy(np.asarray(mask, dtype=np.bool_)),
-            "index": index,
-        }
-
-
-def collate(items: list[dict]) -> dict:
-    """Stack samples: ``frames`` uint8 ``[B, T, S, S, 3]``, ``mask`` bool ``[B, T]``,
-    ``index`` long ``[B]`` and, for caption datasets, ``captions`` (list of B strings)."""
-    out = {
-        "frames": torch.stack([it["frames"] for it in items]),
-        "mask": torch.stack([it["mask"] for it in items]),
-        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
-    }
-    if "caption" in items[0]:
-        out["captions"] = [it["caption"] for it in items]
-    return out
-
-
-def is_paragraph(datatype: str) -> bool:
-    """DiDeMo and ActivityNet are evaluated paragraph-to-video."""
-    return datatype in PARAGRAPH_DATATYPES
-
-
-def build_queries(items: list[dict], paragraph: bool) -> tuple[list[str], torch.Tensor]:
-    """Text queries of an evaluation split and the store item each one describes.
-
-    Sentence level: every caption is a query (``query_video`` repeats the video's index).
-    Paragraph level: a video's captions joined in order into one query.
-    """
-    texts: list[str] = []
-    owners: list[int] = []
-    for i, item in enumerate(items):
-        captions = [c.strip() for c in item["captions"] if c.strip()]
-        if not captions:
-            continue
-        if paragraph:
-            texts.append(" ".join(captions))
-            owners.append(i)
-        else:
-            texts.extend(captions)
-            owners.extend([i] * len(captions))
-    return texts, torch.tensor(owners, dtype=torch.long)
 
 
 def group_ids(store) -> list | None:

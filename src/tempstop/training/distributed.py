@@ -33,6 +33,15 @@ class DistInfo:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    # The two methods of tempstop.inference.embed.Shards: evaluation embeds a share per rank.
+    def indices(self, n: int) -> list[int]:
+        """This rank's share of ``range(n)`` (:func:`shard_indices`)."""
+        return shard_indices(n, self)
+
+    def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        """Every rank's rows in order (:func:`gather_shards`)."""
+        return gather_shards(local, n, self)
+
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ

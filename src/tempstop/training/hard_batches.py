@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from tempstop.training.evaluation import embed_texts
+from tempstop.inference.embed import embed_texts
 from tempstop.utils import model_mode
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -54,7 +54,7 @@ def model_group_vectors(
 ) -> np.ndarray:
     """Unit vectors ``[G, D]``: the mean text embedding of each group's ``texts`` (one per video,
     indexed by the members in ``groups``) under ``model`` (in eval mode for the pass; its
-    training flag is restored). ``embed_kwargs`` go to ``embed_texts`` (batch size, DDP info, AMP);
+    training flag is restored). ``embed_kwargs`` go to ``embed_texts`` (batch size, DDP shards, AMP);
     with DDP every rank embeds its shard and gets the same gathered result."""
     with model_mode(model):
         emb = embed_texts(model, list(texts), device, **embed_kwargs)  # [N, D], unit rows

@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tempstop.training import checkpoint as ckpt_io
-from tempstop.utils import atomic_write_json
+from tempstop.inference import checkpoint as ckpt_io
+from tempstop.utils import atomic_write_json, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,24 @@ RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "sampler", "history")
 
 def checkpoint_name(epoch: int) -> str:
     return f"checkpoint_epoch_{epoch}.pth"
+
+
+def prepare_out_dir(out_dir: Path, cfg, resume: dict | None, history: list[dict]) -> int | None:
+    """The output folder before the first step: created, cleared of temporaries that a killed
+    run left, the run's config written. On resume (``resume``: the checkpoint, ``history``: its
+    rows) best_model.pth is made to match the checkpoint (:func:`restore_best`, whose epoch is
+    returned; None without ``resume``) and history.json is rewritten as of the checkpoint (a run
+    killed after the checkpoint and before history.json left it one epoch short)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(out_dir)
+    if stale:
+        log.info("removed %d temporary file(s) of interrupted writes in %s", len(stale), out_dir)
+    cfg.to_json(out_dir / "config.json")
+    if resume is None:
+        return None
+    held = restore_best(out_dir, resume)
+    atomic_write_json(out_dir / "history.json", history)
+    return held
 
 
 def write_epoch(

@@ -11,13 +11,21 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
+from tempstop import model as model_module
+from tempstop.data.store import FrameStore, StoreError, is_store
 from tempstop.data.transforms import frames_to_tensor
+from tempstop.inference import checkpoint as ckpt_io
+from tempstop.inference.embed import autocast, collate, model_input
+from tempstop.training.dataset import ClipCaptionDataset, group_ids
 from tempstop.training.distributed import DistInfo
-from tempstop.training.evaluation import autocast
+from tempstop.training.sampler import GroupedBatchSampler
 from tempstop.utils import model_mode
 
 log = logging.getLogger(__name__)
@@ -33,8 +41,6 @@ def open_store(key: str, path: str | Path):
     The trainer reads frame stores only; a raw split folder is extracted at the edge
     (``tempstop train``, or ``tempstop extract`` beforehand).
     """
-    from tempstop.data.store import FrameStore, StoreError, is_store
-
     path = Path(path)
     if not path.exists():
         raise TrainingError(f"{key}: {path} does not exist")
@@ -60,20 +66,38 @@ def open_store(key: str, path: str | Path):
 def build_model(cfg):
     """The model of ``cfg`` (``create_unified_model``); a config the model refuses (an unknown
     backbone, a schedule that does not fit it) is a :class:`TrainingError` naming the key."""
-    from tempstop import model as model_module
-
     try:
         return model_module.create_unified_model(cfg)
     except ValueError as exc:
         raise TrainingError(str(exc).strip().splitlines()[0]) from None
 
 
+def init_weights(model: nn.Module, path: str | Path) -> None:
+    """Initialise ``model`` from the weights of the checkpoint at ``path`` (``init_from``); a
+    module the checkpoint has none of (STOP, for a TempMe-only checkpoint) keeps its initialisation."""
+    init = ckpt_io.load_checkpoint(path)
+    fresh = tuple(m for m in ("tempme.", "stop.") if not any(k.startswith(m) for k in init["model"]))
+    ckpt_io.load_model_weights(model, init["model"], str(path), fresh)
+    log.info("initialised weights from %s%s", path,
+             f" ({', '.join(m.rstrip('.') for m in fresh)} from initialisation)" if fresh else "")  # fmt: skip
+
+
+def make_loader(store, sampler, tcfg, device: torch.device) -> DataLoader:
+    """The training DataLoader over ``store`` in the batches of ``sampler``."""
+    return DataLoader(
+        ClipCaptionDataset(store),
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=tcfg.num_workers,
+        pin_memory=device.type == "cuda",
+        # Its own generator: worker seeds come from it, not from the global torch RNG.
+        generator=torch.Generator().manual_seed(tcfg.seed),
+    )
+
+
 def make_sampler(store, tcfg, recipe, info: DistInfo):
     """The training batch sampler: batches of ``training.batch_size`` per rank, with the demo
     recipe's quadruples and hard batches when it asks for them."""
-    from tempstop.training.dataset import group_ids
-    from tempstop.training.sampler import GroupedBatchSampler
-
     items = store.items
     groups = group_ids(store) if recipe.keep_quadruples else None
     if recipe.keep_quadruples and groups is None:
@@ -90,16 +114,6 @@ def make_sampler(store, tcfg, recipe, info: DistInfo):
         hard_fraction=recipe.hard_batches,
     )
 
-
-def model_input(model) -> tuple[int | None, int | None]:
-    """``(frames, image size)`` the model expects, where it says (``None`` = any)."""
-    frames = getattr(model, "num_frames", None)
-    size = getattr(model, "image_size", None)
-    if size is None:  # open_clip's vision tower knows its input size
-        size = getattr(getattr(getattr(model, "clip", None), "visual", None), "image_size", None)
-    if isinstance(size, (tuple, list)):
-        size = size[0]
-    return frames, size
 
 
 def check_stores(model, train_store, val_store, tcfg, info: DistInfo) -> None:
@@ -180,8 +194,6 @@ class StepRunner:
         self.step = step
         self.ddp = None
         if info.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [info.device.index] if info.device.type == "cuda" else None
             # Frozen groups are skipped (DDP registers only parameters that require grad at
             # construction, so the trainer wraps again per phase); some prompts may be unused
@@ -211,3 +223,15 @@ def preflight(model: nn.Module, val_store, device: torch.device, amp_dtype: torc
         model.encode_video(video, torch.from_numpy(mask)[None].to(device))
         ids, attn = model.tokenize(item["captions"][:1])
         model.encode_text(ids.to(device), attn.to(device))
+
+
+def check_same_model(ckpt: dict[str, Any], cfg, source: str) -> None:
+    """Resuming needs the same model config; name the keys that differ."""
+    saved = ckpt_io.checkpoint_config(ckpt, source).to_dict()["model"]
+    current = cfg.to_dict()["model"]
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if diff:
+        details = ", ".join(f"model.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:5])
+        raise ckpt_io.CheckpointError(
+            f"{source}: trained with another model config ({details}); resume with the same config"
+        )

@@ -24,21 +24,25 @@ from tqdm.auto import tqdm
 
 from tempstop.config import MODEL_MODES, ProjectConfig
 from tempstop.data.transforms import frames_to_tensor
-from tempstop.training import checkpoint as ckpt_io
+from tempstop.evaluation import evaluate_store
+from tempstop.inference import checkpoint as ckpt_io
+from tempstop.inference.embed import autocast
 from tempstop.training import outputs
 from tempstop.training.callbacks import notify
-from tempstop.training.dataset import ClipCaptionDataset, collate
 from tempstop.training.distributed import DistInfo, all_reduce_sum, any_true, init_distributed
-from tempstop.training.evaluation import autocast, evaluate_store
 from tempstop.training.hard_batches import model_group_vectors
 from tempstop.training.optim import build_optimizer, build_scheduler, group_lrs
+from tempstop.training.rng import capture_rng, restore_rng, seed_everything
 from tempstop.training.sampler import GroupedBatchSampler
 from tempstop.training.setup import (
     StepRunner,
     TrainingError,
     TrainingStep,
     build_model,
+    check_same_model,
     check_stores,
+    init_weights,
+    make_loader,
     make_sampler,
     open_store,
     preflight,
@@ -46,7 +50,6 @@ from tempstop.training.setup import (
 )
 from tempstop.training.state import LoopState, Phase, check_phases, plan_phases
 from tempstop.training.validation import validation_metrics
-from tempstop.utils import atomic_write_json, remove_stale_temporaries, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +124,7 @@ class UnifiedModelTrainer:
         self.val_store = open_store("training.val_data_path", self.cfg.val_data())
         check_stores(self.model, self.train_store, self.val_store, t, info)
         if self.init_from is not None:
-            init = ckpt_io.load_checkpoint(self.init_from)
-            # A module the checkpoint has none of (STOP, for a TempMe-only checkpoint) starts fresh.
-            fresh = tuple(m for m in ("tempme.", "stop.") if not any(k.startswith(m) for k in init["model"]))
-            ckpt_io.load_model_weights(self.model, init["model"], str(self.init_from), fresh)
-            log.info("initialised weights from %s%s", self.init_from,
-                     f" ({', '.join(m.rstrip('.') for m in fresh)} from initialisation)" if fresh else "")  # fmt: skip
+            init_weights(self.model, self.init_from)
         self.sampler = make_sampler(self.train_store, t, self.cfg.demo_recipe, info)
         self.steps_per_epoch = len(self.sampler) // t.gradient_accumulation_steps
         if self.steps_per_epoch < 1:
@@ -134,15 +132,7 @@ class UnifiedModelTrainer:
                 f"training.gradient_accumulation_steps={t.gradient_accumulation_steps} exceeds the "
                 f"{len(self.sampler)} batches of an epoch"
             )
-        self.loader = DataLoader(
-            ClipCaptionDataset(self.train_store),
-            batch_sampler=self.sampler,
-            collate_fn=collate,
-            num_workers=t.num_workers,
-            pin_memory=self.device.type == "cuda",
-            # Its own generator: worker seeds come from it, not from the global torch RNG.
-            generator=torch.Generator().manual_seed(t.seed),
-        )
+        self.loader = make_loader(self.train_store, self.sampler, t, self.device)
         self.amp_dtype, use_scaler = resolve_amp(t.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         if resume is not None:
@@ -159,7 +149,7 @@ class UnifiedModelTrainer:
             raise TrainingError(
                 f"{self.resume_path}: holds weights only (no optimiser state); use --init-from"
             )
-        ckpt_io.check_same_model(resume, self.cfg, str(self.resume_path))
+        check_same_model(resume, self.cfg, str(self.resume_path))
         return resume
 
     def _load_resume(self, ckpt: dict) -> None:
@@ -177,18 +167,9 @@ class UnifiedModelTrainer:
             )  # fmt: skip
 
     def _prepare_out_dir(self, resume: dict | None) -> None:
-        """The output folder: created, cleared of temporaries that a killed run left, the
-        run's config; on resume, best_model.pth as the checkpoint expects it."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        stale = remove_stale_temporaries(self.out_dir)
-        if stale:
-            log.info("removed %d temporary file(s) of interrupted writes in %s", len(stale), self.out_dir)
-        self.cfg.to_json(self.out_dir / "config.json")
-        if resume is not None:
-            self.state.best_file_epoch = outputs.restore_best(self.out_dir, resume)
-            # The history as of the checkpoint (a run killed after the checkpoint and before
-            # history.json left it one epoch short; a later run's rows are redone).
-            atomic_write_json(self.out_dir / "history.json", self.state.history)
+        held = outputs.prepare_out_dir(self.out_dir, self.cfg, resume, self.state.history)
+        if held is not None:
+            self.state.best_file_epoch = held
 
     # ------------------------------------------------------------------ training
     def train(self) -> dict:
@@ -228,7 +209,7 @@ class UnifiedModelTrainer:
             self.scheduler.load_state_dict(resume["scheduler"])
             self.scaler.load_state_dict(resume["scaler"])
         if resume is not None:
-            ckpt_io.restore_rng(resume["rng"])
+            restore_rng(resume["rng"])
             self._resume = None
         self.runner = StepRunner(TrainingStep(self.model), self.info)
         for epoch in range(max(phase.start, self.state.epoch), phase.end):
@@ -242,15 +223,15 @@ class UnifiedModelTrainer:
         s.epoch = epoch + 1
         row = {"epoch": s.epoch, "step": s.step, "phase": phase.mode, **train, **val}
         row.update(group_lrs(self.optimizer))
-        row["epoch_seconds"] = round(time.perf_counter() - t0, 3)
-        s.history.append(row)
+        s.history.append(row)  # what checkpoints and history.json keep: no wall-clock values
         improved = val["val_t2v_R1"] > s.best_metric
         if improved:
             s.best_metric, s.best_epoch = val["val_t2v_R1"], s.epoch
         if self.info.is_main:
             self._save(phase, row, improved)
-            log.info(outputs.summary_line(row, self.tcfg.num_epochs, improved))
-            self._notify("on_epoch_end", s.epoch, row)
+            timed = {**row, "epoch_seconds": round(time.perf_counter() - t0, 3)}  # the log, MLflow, TensorBoard
+            log.info(outputs.summary_line(timed, self.tcfg.num_epochs, improved))
+            self._notify("on_epoch_end", s.epoch, timed)
 
     def _train_epoch(self, epoch: int, phase: Phase) -> dict:
         """One pass over the training data; returns mean losses and gradient norm."""
@@ -305,7 +286,7 @@ class UnifiedModelTrainer:
         if r.hard_batches > 0 and r.hard_batch_source == "model":
             # From the weights at the epoch start: a resumed run computes the same vectors.
             captions = [it["captions"][0] for it in self.train_store.items]
-            kw = {"batch_size": self.tcfg.eval_batch_size, "info": self.info, "amp_dtype": self.amp_dtype}
+            kw = {"batch_size": self.tcfg.eval_batch_size, "shards": self.info, "amp_dtype": self.amp_dtype}
             vecs = model_group_vectors(self.model, captions, self.sampler.groups, self.device, **kw)
             self.sampler.set_group_vectors(vecs)
         self.sampler.set_epoch(epoch)
@@ -391,7 +372,7 @@ class UnifiedModelTrainer:
             self.cfg.data.datatype,
             self.tcfg.eval_batch_size,
             dsl=dsl,
-            info=self.info,
+            shards=self.info,
             amp_dtype=self.amp_dtype,
             num_workers=self.tcfg.num_workers,
         )
@@ -407,7 +388,7 @@ class UnifiedModelTrainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": ckpt_io.capture_rng(),
+                "rng": capture_rng(),
                 "sampler": self.sampler.state_dict(),
                 "history": s.history,
             }

@@ -6,9 +6,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from tempstop.data.transforms import frames_to_tensor
-from tempstop.training.dataset import ClipCaptionDataset, collate
+from tempstop.evaluation import evaluate_store
+from tempstop.inference.embed import autocast, collate
+from tempstop.training.dataset import ClipCaptionDataset
 from tempstop.training.distributed import DistInfo, all_reduce_sum
-from tempstop.training.evaluation import autocast, evaluate_store
 from tempstop.training.sampler import GroupedBatchSampler
 
 METRIC_KEYS = ("R1", "R5", "R10", "MdR", "MnR")
@@ -38,7 +39,7 @@ def validation_metrics(
         sums += torch.tensor([float(out["total_loss"]), 1.0], dtype=torch.float64)
     sums = all_reduce_sum(sums.to(device)).cpu()
     metrics = evaluate_store(
-        model, store, device, datatype, tcfg.eval_batch_size, info=info, amp_dtype=amp_dtype,
+        model, store, device, datatype, tcfg.eval_batch_size, shards=info, amp_dtype=amp_dtype,
         num_workers=tcfg.num_workers,
     )  # fmt: skip
     row = {"val_loss": sums[0].item() / sums[1].item() if sums[1] > 0 else float("nan")}

@@ -29,6 +29,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
+from tempstop.config import ProjectConfig
+from tempstop_pipelines.env import TELEMETRY_OFF
+
 #: The stages whose outputs are shared (validated annotations and extracted frames).
 DATA_STAGES = ("demo_data", "validate", "extract_frames")
 BIN = Path(sys.executable).parent
@@ -40,7 +45,7 @@ class DataSyncError(RuntimeError):
 
 def dvc(args: list[str], cwd: str | Path = ".", timeout: float = 3600) -> subprocess.CompletedProcess:
     """``dvc ARGS`` with this environment's tools first on PATH (the stage commands)."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, **TELEMETRY_OFF, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
 
@@ -54,8 +59,6 @@ def default_remote(cwd: str | Path = ".") -> str | None:
 
 def stage_params(stages=DATA_STAGES, dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
     """The params (dotted keys or sections) ``stages`` list in dvc.yaml."""
-    import yaml
-
     doc = yaml.safe_load(Path(dvc_yaml).read_text(encoding="utf-8")) or {}
     found: list[str] = []
     for name in stages:
@@ -66,8 +69,6 @@ def stage_params(stages=DATA_STAGES, dvc_yaml: str | Path = "dvc.yaml") -> list[
 
 def differing_params(cfg, params_file: str | Path = "params.yaml", stages=DATA_STAGES) -> list[str]:
     """The keys the data stages read whose value in ``cfg`` differs from ``params_file``."""
-    from tempstop.config import ProjectConfig
-
     mine, theirs = cfg.flat(), ProjectConfig.from_file(params_file).flat()
     wanted = stage_params(stages)
     keys = [k for k in mine if any(k == p or k.startswith(p + ".") for p in wanted)]
@@ -108,18 +109,3 @@ def repro_and_push(stage: str) -> str:
     if pushed.returncode:  # the data are here and correct; only sharing failed
         print(f"warning: dvc push {stage} failed: {(pushed.stdout + pushed.stderr).strip()[-500:]}", file=sys.stderr)
     return action
-
-
-def locked_hashes(paths: dict[str, str], lock: str | Path = "dvc.lock") -> dict[str, str]:
-    """DVC's hash of each output path in ``paths`` ({tag: path}) as dvc.lock records it."""
-    import yaml
-
-    lock = Path(lock)
-    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}) if lock.is_file() else {}
-    found = {}
-    for tag, path in paths.items():
-        for stage in stages.values():
-            for out in stage.get("outs", []) or []:
-                if Path(out.get("path", "")) == Path(path) and out.get("md5"):
-                    found[tag] = out["md5"]
-    return found

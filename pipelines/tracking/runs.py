@@ -17,10 +17,14 @@ named in one warning.
 ``tracking.enabled: false`` makes every call a no-op. ``MLFLOW_TRACKING_URI`` overrides
 ``tracking.uri`` (default ``sqlite:///mlflow.db`` in the project root).
 
-Registered versions are pyfunc models (pipelines/pyfunc_model.py) that carry the checkpoint
-and config as artifacts; ``resolve_model_uri`` (pipelines/registry.py) turns
-``models:/NAME@alias`` back into a checkpoint path for evaluate and search, and
+Registered versions are pyfunc models (pipelines/tracking/pyfunc_model.py) that carry the
+checkpoint and config as artifacts; :mod:`tempstop.inference.sources` turns
+``models:/NAME@alias`` back into a checkpoint file for evaluate, index and search, and
 ``selection_score`` is what promote compares.
+
+MLflow is reached through clients given the tracking URI; nothing here changes MLflow's
+process-wide settings, except for the one call that has no client form (logging the pyfunc
+model: :func:`_fluent_tracking_uri`), and only for that call.
 """
 
 from __future__ import annotations
@@ -31,20 +35,34 @@ import math
 import os
 import re
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .provenance import run_tags
+import mlflow
+import numpy as np
+import requests
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+from tempstop.config import TrackingConfig
+from tempstop.utils import sha256_file
+from tempstop_pipelines.tracking.outbox import Outbox, server_health_url, server_up
+from tempstop_pipelines.tracking.provenance import run_tags
 
 log = logging.getLogger(__name__)
 
 #: The version metric that model selection and promotion compare (validation, never test).
 SELECTION_METRIC = "val_t2v_R1"
 #: Other spellings a trainer may use for the same figure, tried in order.
-_SELECTION_ALIASES = ("val_t2v_R1", "best_val_t2v_R1", "t2v_R1", "val_R1", "best_metric")
+_SELECTION_ALIASES = (SELECTION_METRIC, f"best_{SELECTION_METRIC}", "t2v_R1", "val_R1", "best_metric")
 #: Requirements written into registered models; given explicitly because MLflow's inference
 #: imports the model and takes ~20 s.
 PIP_REQUIREMENTS = ["tempstop", "torch", "open_clip_torch", "numpy", "pandas"]
@@ -58,8 +76,6 @@ class TrackingError(RuntimeError):
 def _tracking_section(cfg: Any):
     """Accept a UnifiedModelConfig, a TrackingConfig or None (defaults)."""
     if cfg is None:
-        from tempstop.config import TrackingConfig
-
         return TrackingConfig()
     return getattr(cfg, "tracking", cfg)
 
@@ -70,6 +86,7 @@ def tracking_uri(cfg: Any = None) -> str:
 
 
 def tracking_enabled(cfg: Any = None) -> bool:
+    """Whether ``tracking.enabled`` (the default config: yes)."""
     return bool(_tracking_section(cfg).enabled)
 
 
@@ -112,8 +129,6 @@ def check_tracking(cfg: Any, timeout: float = 5.0) -> None:
     uri = tracking_uri(cfg)
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else "file"
     if scheme in {"http", "https"}:
-        import requests
-
         url = uri.rstrip("/") + "/health"
         try:
             response = requests.get(url, timeout=timeout)
@@ -143,17 +158,28 @@ def check_tracking(cfg: Any, timeout: float = 5.0) -> None:
 
 # ---- trackers -----------------------------------------------------------------------------
 class Tracker:
-    """No-op tracker: what stages get when tracking is disabled."""
+    """No-op tracker: what stages get when tracking is disabled; the interface of
+    :class:`MlflowTracker`."""
 
     run_id: str | None = None
 
-    def log_params(self, params: dict[str, Any]) -> None: ...
-    def set_tags(self, tags: dict[str, str]) -> None: ...
-    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-    def log_checkpoint(self, path: str | Path, epoch: int, best: str | Path | None = None) -> None: ...
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Record ``params`` (values stringified) on the run."""
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Add ``tags`` to the run."""
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Record the numbers in ``metrics`` (nested dicts flattened) at ``step``."""
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file or folder to the run's artifacts."""
+
+    def log_checkpoint(self, path: str | Path, epoch: int, best: str | Path | None = None) -> None:
+        """Record that ``path`` holds ``epoch`` (what a retry of a crashed run resumes from)."""
 
     def register_checkpoint(self, path: str | Path, metrics: dict[str, Any]) -> str | None:
+        """Register ``path`` as a new model version; its number (None: not registered)."""
         return None
 
 
@@ -163,19 +189,15 @@ class MlflowTracker(Tracker):
     stopping training, and :meth:`close` names in one warning whatever was not recorded."""
 
     def __init__(self, cfg: Any, job: str, run_id: str, uri: str, tags: dict[str, str] | None = None):
-        from .outbox import Outbox
-
         self.cfg = cfg
         self.job = job
         self.uri = uri
         self.tags = run_tags(cfg, job, tags)
         self.run_id = run_id
         self.outbox = Outbox(uri)
-        self.flush_timeout_s = float(getattr(_tracking_section(cfg), "flush_timeout_s", 120.0))
+        self.flush_timeout_s = float(_tracking_section(cfg).flush_timeout_s)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
         # Values are stringified (lists, None); MLflow takes 6000 characters and 100 per call.
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
@@ -183,16 +205,10 @@ class MlflowTracker(Tracker):
             self.outbox.put("params", lambda c, chunk=chunk: c.log_batch(self.run_id, params=chunk))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         self.outbox.put(f"tags {', '.join(tags)}", lambda c: c.log_batch(self.run_id, tags=items))
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
         clean, now = _numeric_metrics(metrics), int(time.time() * 1000)  # the time it was measured
         items = [Metric(k, v, now, step or 0) for k, v in clean.items()]
         if items:
@@ -213,9 +229,7 @@ class MlflowTracker(Tracker):
         and ``checkpoint_sha256``. With a tracking server (shared by every machine) the file,
         and ``best`` (best_model.pth, when it changed) before it, are first uploaded to the
         run's ``checkpoints/`` artifacts, so a tag never names a checkpoint that is not there
-        (:mod:`..recovery` reads them)."""
-        from .outbox import server_health_url
-
+        (:mod:`tempstop_pipelines.fleet.recovery` reads them)."""
         path, upload = Path(path), server_health_url(self.uri) is not None
 
         def send(client) -> None:
@@ -236,8 +250,6 @@ class MlflowTracker(Tracker):
         ``tempstop promote`` compares with the champion's, and the run's tags (git commit,
         data hashes, pipeline run, worker).
         """
-        from .outbox import server_up
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"cannot register {path}: no such checkpoint")
@@ -254,8 +266,6 @@ class MlflowTracker(Tracker):
         if score is not None:
             tags[SELECTION_METRIC] = f"{score:.6g}"
         tags.update({k: v for k, v in self.tags.items() if k != "job"})
-        from mlflow import MlflowClient
-
         client, name = MlflowClient(self.uri), _tracking_section(self.cfg).registered_model
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
@@ -264,9 +274,7 @@ class MlflowTracker(Tracker):
 
     def _log_model(self, path: Path) -> str:
         """The pyfunc model of ``path`` in this run (active for the call), registered."""
-        import mlflow
-
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        with _fluent_tracking_uri(self.uri), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             # An input example would make MLflow load the checkpoint and run predict() at
             # registration; the explicit signature says what the input is.
             warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
@@ -299,22 +307,8 @@ class MlflowTracker(Tracker):
                         "exits." if unsent else "The server refused them.")  # fmt: skip
 
 
-def sha256_file(path: str | Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _pyfunc_signature():
     """Input: a "text" column (queries) or a "video" column (mp4 paths); output: embeddings."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-
     return ModelSignature(
         inputs=Schema(
             [ColSpec("string", "text", required=False), ColSpec("string", "video", required=False)]
@@ -323,12 +317,28 @@ def _pyfunc_signature():
     )
 
 
-def _ensure_experiment(name: str, uri: str) -> str:
+@contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``mlflow.start_run``, ``mlflow.pyfunc.log_model``) pointed at ``uri``
+    for the block, the process-wide setting (and ``MLFLOW_TRACKING_URI``, which
+    ``mlflow.set_tracking_uri`` also writes) put back after. Logging a model has no client
+    form, so the setting must change; other threads using the fluent API meanwhile would see
+    ``uri`` too (this package does not use it anywhere else)."""
+    if mlflow.get_tracking_uri() == uri:
+        yield
+        return
+    before = os.environ.get("MLFLOW_TRACKING_URI")  # None: unset again afterwards
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def _ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """Experiment id; a new experiment on a sqlite store keeps artifacts beside the database
     (``<db folder>/mlruns``) rather than wherever the first run happened to start."""
-    import mlflow
-
-    experiment = mlflow.get_experiment_by_name(name)
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     location = None
@@ -336,10 +346,10 @@ def _ensure_experiment(name: str, uri: str) -> str:
         db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
         location = (db.parent / "mlruns").as_uri()
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
         # Created meanwhile by a concurrent run (Prefect task, DVC parallel stage).
-        return mlflow.get_experiment_by_name(name).experiment_id
+        return client.get_experiment_by_name(name).experiment_id
 
 
 @contextmanager
@@ -356,14 +366,10 @@ def open_tracker(
     if not tracking_enabled(cfg):
         yield Tracker()
         return
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.tracking.context.registry import resolve_tags
-
     uri = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    experiment_id = _ensure_experiment(_tracking_section(cfg).experiment, uri)
-    run = MlflowClient(uri).create_run(experiment_id, tags=resolve_tags({}), run_name=run_name)
+    client = MlflowClient(uri)
+    experiment_id = _ensure_experiment(client, _tracking_section(cfg).experiment, uri)
+    run = client.create_run(experiment_id, tags=resolve_tags({}), run_name=run_name)
     tracker = MlflowTracker(cfg, job, run.info.run_id, uri, tags)
     tracker.set_tags(tracker.tags)
     if hasattr(cfg, "flat"):

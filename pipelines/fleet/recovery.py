@@ -8,7 +8,7 @@ whole config, its phases, the weights it starts from, the git commit, the data's
 never of who runs it. Every MLflow run of a training stage carries it (tag ``run_key``) and,
 after each full checkpoint, tags ``checkpoint_epoch`` and ``checkpoint_sha256`` (with a
 tracking server, the file is first uploaded to the run's ``checkpoints/`` artifacts, with
-best_model.pth: :class:`~.callbacks.MlflowCallback`).
+best_model.pth: :class:`~tempstop_pipelines.tracking.callbacks.MlflowCallback`).
 
 While it trains, an attempt holds the key's lock (:mod:`.locks`: a Prefect global concurrency
 limit with a lease the Prefect server revokes about a minute after the holder dies; a file
@@ -33,8 +33,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from uuid import UUID
 
-from .training import TrainingRun
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.states import Crashed
+
+from tempstop.training.outputs import BEST, checkpoint_name
+from tempstop.utils import sha256_file
+from tempstop_pipelines.fleet.locks import delete_limit, hold, lock_name, prefect_api, try_hold
+from tempstop_pipelines.tracking.provenance import data_version, git_commit
+from tempstop_pipelines.tracking.runs import check_tracking, tracking_enabled, tracking_uri
+from tempstop_pipelines.training.run import TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +54,6 @@ WAIT_FOR_TWIN_S = 7 * 24 * 3600.0
 
 def run_key(run: TrainingRun) -> str:
     """16 hex digits naming the training ``run`` does (not who runs it, nor where)."""
-    from .provenance import data_version, git_commit
-    from .tracking import sha256_file
-
     inputs = {
         "config": run.config.to_dict(),
         "phases": [p.to_dict() for p in run.phases] if run.phases is not None else None,
@@ -62,9 +69,6 @@ def recoverable(run: TrainingRun) -> Iterator[TrainingRun]:
     """Hold the training's lock for the block; yield ``run`` with its run key tag, checkpoint
     logging on and, when a dead attempt left a checkpoint, ``resume`` set to it. Without
     tracking (nothing records attempts) or with an explicit ``resume``, ``run`` as it is."""
-    from .locks import delete_limit, hold, lock_name
-    from .tracking import check_tracking, tracking_enabled
-
     if not tracking_enabled(run.config) or run.resume is not None:
         yield run
         return
@@ -84,10 +88,6 @@ def recoverable(run: TrainingRun) -> Iterator[TrainingRun]:
 
 def _resume_point(cfg, key: str, by: str | None) -> tuple[Path, str, int] | None:
     """The newest checkpoint of the dead attempts of ``key``: (local file, run id, epoch)."""
-    from mlflow import MlflowClient
-
-    from .tracking import tracking_uri
-
     uri = tracking_uri(cfg)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -117,11 +117,6 @@ def end_dead_runs(cfg, by: str | None = None) -> list[str]:
     """End every dead training attempt still RUNNING in MLflow, whatever its run key (one that
     no retry will ever look for: the data changed meanwhile); returns their run ids. A run is
     dead when its key's lock is free (:func:`~.locks.try_hold`: a living attempt holds it)."""
-    from mlflow import MlflowClient
-
-    from .locks import delete_limit, lock_name, try_hold
-    from .tracking import tracking_uri
-
     client = MlflowClient(tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is None:
@@ -152,19 +147,12 @@ def end_dead_run(client, run, by: str | None) -> None:
 
 def mark_flow_run_crashed(flow_run_id: str | None, message: str) -> bool:
     """Set Prefect flow run ``flow_run_id`` to CRASHED unless it already ended; True if set."""
-    from uuid import UUID
-
-    from .locks import prefect_api
-
     try:
         run_uuid = UUID(str(flow_run_id))
     except ValueError:
         return False  # "local", a DVC run: no flow run
     if not prefect_api():
         return False
-    from prefect.client.orchestration import get_client
-    from prefect.states import Crashed
-
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(run_uuid).state
         if state is not None and state.is_final():
@@ -177,10 +165,6 @@ def mark_flow_run_crashed(flow_run_id: str | None, message: str) -> bool:
 def _fetch(client, run, epoch: int, out_dir: Path) -> Path | None:
     """``checkpoint_epoch_{epoch}.pth`` of ``run`` in ``out_dir``: the local file if it is the
     one the run recorded (same SHA-256), else downloaded with the run's best_model.pth."""
-    from tempstop.training.outputs import BEST, checkpoint_name
-
-    from .tracking import sha256_file
-
     want = run.data.tags.get("checkpoint_sha256")
     local = out_dir / checkpoint_name(epoch)
     if local.is_file() and sha256_file(local) == want:

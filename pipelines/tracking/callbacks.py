@@ -10,11 +10,16 @@ import math
 import time
 from pathlib import Path
 
+from torch.utils.tensorboard import SummaryWriter
+
+from tempstop.training.outputs import BEST, checkpoint_name
+
 
 class MlflowCallback:
     """Sends each epoch's history row to the tracker (x axis: epoch); with ``checkpoint_dir``,
-    also each full checkpoint the epoch wrote (:meth:`~.tracking.MlflowTracker.log_checkpoint`:
-    what a retry of a crashed run resumes from, :mod:`.recovery`)."""
+    also each full checkpoint the epoch wrote
+    (:meth:`~tempstop_pipelines.tracking.runs.MlflowTracker.log_checkpoint`: what a retry of a
+    crashed run resumes from, :mod:`tempstop_pipelines.fleet.recovery`)."""
 
     def __init__(self, tracker, checkpoint_dir: str | Path | None = None) -> None:
         self.tracker = tracker
@@ -36,8 +41,6 @@ class MlflowCallback:
     def _log_checkpoint(self, epoch: int) -> None:
         """The epoch's checkpoint, with best_model.pth when it changed since the last one.
         Only files written during this epoch count, not what an earlier run left there."""
-        from tempstop.training.outputs import BEST, checkpoint_name
-
         def fresh(path: Path) -> bool:
             return path.is_file() and path.stat().st_mtime >= self._since - 1
 
@@ -59,8 +62,6 @@ class TensorBoardCallback:
         self.writer = None
 
     def on_train_begin(self, state) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=state.step or None)
 
     def on_step_end(self, step: int, metrics: dict) -> None:
@@ -81,6 +82,7 @@ class TensorBoardCallback:
         self.close()
 
     def close(self) -> None:
+        """Flush and close the event files (again: nothing)."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None

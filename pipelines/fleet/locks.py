@@ -22,6 +22,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+
 log = logging.getLogger(__name__)
 
 LOCK_DIR = Path(".tempstop") / "locks"
@@ -39,8 +46,6 @@ def lock_name(*parts: str) -> str:
 
 def prefect_api() -> str | None:
     """The Prefect API this process talks to (the ``PREFECT_API_URL`` setting), if any."""
-    from prefect.settings import PREFECT_API_URL
-
     return PREFECT_API_URL.value() or None
 
 
@@ -67,10 +72,6 @@ def try_hold(name: str) -> bool:
 
 def _ensure_limit(name: str) -> None:
     """The global concurrency limit ``name`` exists, active, with one slot."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
     with get_client(sync_client=True) as client:
         try:
             limit = client.read_global_concurrency_limit_by_name(name)
@@ -86,9 +87,6 @@ def _ensure_limit(name: str) -> None:
 
 @contextmanager
 def _prefect_lock(name: str, timeout_s: float, lease_s: float) -> Iterator[None]:
-    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
-    from prefect.concurrency.sync import concurrency
-
     with ExitStack() as stack:
         for attempt in range(3):
             _ensure_limit(name)
@@ -111,9 +109,6 @@ def delete_limit(name: str) -> None:
     """Remove the global concurrency limit ``name`` (best effort; the file lock stays)."""
     if not prefect_api():
         return
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
     try:
         with get_client(sync_client=True) as client:
             client.delete_global_concurrency_limit_by_name(name)

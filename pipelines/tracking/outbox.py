@@ -24,6 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import requests
+from mlflow import MlflowClient
+
 log = logging.getLogger(__name__)
 
 #: Longest wait between two health checks while the server is down (seconds).
@@ -48,8 +51,6 @@ def server_up(uri: str, timeout: float = 5.0) -> bool:
     url = server_health_url(uri)
     if url is None:
         return True
-    import requests
-
     try:
         return requests.get(url, timeout=timeout).ok
     except requests.RequestException:
@@ -60,8 +61,6 @@ class Outbox:
     """Sends items to the MLflow store at ``uri`` in order, on one daemon thread."""
 
     def __init__(self, uri: str, name: str = "mlflow-outbox") -> None:
-        from mlflow import MlflowClient
-
         self.uri = uri
         self.client = MlflowClient(uri)
         self.refused: list[str] = []

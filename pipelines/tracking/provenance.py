@@ -6,10 +6,13 @@ of the annotations and video sizes, DVC's hash from dvc.lock), the job and whoev
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import subprocess
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,6 @@ def data_version(cfg: Any) -> dict[str, str]:
     videos (no video bytes are read). ``dvc_data_hash`` is DVC's own hash of the data folder
     when dvc.lock records it.
     """
-    import hashlib
-
     data = getattr(cfg, "data", None)
     if data is None:
         return {}
@@ -67,19 +68,25 @@ def data_version(cfg: Any) -> dict[str, str]:
     tags = {"data_root": str(root)}
     if seen:
         tags["data_version"] = digest.hexdigest()[:16]
-    lock = Path("dvc.lock")
-    if lock.is_file():
-        try:
-            import yaml
-
-            stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-            for stage in stages.values():
-                for out in stage.get("outs", []) or []:
-                    if Path(out.get("path", "")) == root and out.get("md5"):
-                        tags["dvc_data_hash"] = out["md5"]
-        except Exception as exc:  # a malformed lock file must not stop training
-            log.debug("could not read dvc.lock: %s", exc)
+    try:
+        tags.update(locked_hashes({"dvc_data_hash": str(root)}))
+    except Exception as exc:  # a malformed lock file must not stop training
+        log.debug("could not read dvc.lock: %s", exc)
     return tags
+
+
+def locked_hashes(paths: dict[str, str], lock: str | Path = "dvc.lock") -> dict[str, str]:
+    """DVC's hash of each output path in ``paths`` ({tag: path}) as dvc.lock records it
+    (none without a dvc.lock)."""
+    lock = Path(lock)
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}) if lock.is_file() else {}
+    found = {}
+    for tag, path in paths.items():
+        for stage in stages.values():
+            for out in stage.get("outs", []) or []:
+                if Path(out.get("path", "")) == Path(path) and out.get("md5"):
+                    found[tag] = out["md5"]
+    return found
 
 
 def run_tags(cfg: Any, job: str, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Loading a trained model from a checkpoint file or the MLflow model registry.
+"""Where a model comes from: a checkpoint file or a version of the MLflow model registry.
 
     import tempstop
     model = tempstop.load_model("outputs/stop/best_model.pth")            # a checkpoint file
@@ -8,7 +8,8 @@
 
 A registry URI (``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/PATH``) is
 downloaded once per version into a cache folder; reading the registry needs ``mlflow`` (the
-``pipeline`` extra). Nothing is tracked or logged to MLflow here.
+``pipeline`` extra: imported only for such a URI). The tracking URI is passed to each MLflow
+call: nothing here changes MLflow's process-wide settings, and nothing is tracked or logged.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+
+from tempstop.config import ProjectConfig, TrackingConfig
+from tempstop.inference.checkpoint import CheckpointError, model_from_checkpoint
+from tempstop.utils import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +35,41 @@ _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 _REGISTRY_SCHEMES = ("models:/", "runs:/")
 
 
-def load_model(source: str | Path, device: str = "cpu", tracking_uri: str | None = None):
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model opened for inference: the model (eval mode), the config it was trained with
+    (``model.pretrained`` cleared), what identifies it (:func:`model_identity`) and its
+    local checkpoint file."""
+
+    model: torch.nn.Module
+    config: ProjectConfig
+    identity: dict
+    path: Path
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``name`` ("cpu", "cuda"), else CUDA when there is a GPU, else the CPU."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def open_model(
+    source: str | Path, device: str | torch.device = "cpu", tracking_uri: str | None = None
+) -> LoadedModel:
+    """The model of a checkpoint file or registry URI with its config and identity.
+    Raises :class:`CheckpointError` with a one-line message."""
+    path, identity = model_identity(source, tracking_uri)
+    model, cfg, _ = model_from_checkpoint(path, device)
+    return LoadedModel(model, cfg, identity, path)
+
+
+def load_model(source: str | Path, device: str | torch.device = "cpu", tracking_uri: str | None = None):
     """The model of a checkpoint file or registry URI, on ``device``, in eval mode.
 
     ``tracking_uri`` is the registry's MLflow tracking URI for ``models:/`` and ``runs:/``
     sources (default: ``$MLFLOW_TRACKING_URI``, else the project's ``sqlite:///mlflow.db``).
-    Raises :class:`tempstop.training.checkpoint.CheckpointError` with a one-line message.
+    Raises :class:`CheckpointError` with a one-line message.
     """
-    from tempstop.training.checkpoint import load_model as load_checkpoint_model
-
-    model, _, _ = load_checkpoint_model(resolve_checkpoint(source, tracking_uri), device)
-    return model
+    return model_from_checkpoint(resolve_checkpoint(source, tracking_uri), device)[0]
 
 
 def model_identity(source: str | Path, tracking_uri: str | None = None) -> tuple[Path, dict]:
@@ -46,20 +78,18 @@ def model_identity(source: str | Path, tracking_uri: str | None = None) -> tuple
     (the same for a registered version and the file it was made from). For a ``models:/``
     source, ``source`` is pinned to the version (``models:/NAME/VERSION``: an alias moves) and
     ``registry`` is ``{"name", "version", "alias"}``; otherwise ``registry`` is None."""
-    import hashlib
-
     uri = str(source)
     path, version = _download(uri, tracking_uri, None) if is_registry_uri(uri) else (Path(uri), None)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
     registry = None
     if uri.startswith("models:/"):
         name, alias, _ = _parse_models_uri(uri)
         registry = {"name": name, "alias": alias, "version": str(version)}
         uri = f"models:/{name}/{version}"
-    info = {"source": uri, "checkpoint": str(path.resolve()), "sha256": digest.hexdigest(), "registry": registry}
+    info = {"source": uri, "checkpoint": str(path.resolve()), "sha256": sha256_file(path), "registry": registry}
     return path, info
 
 
@@ -70,8 +100,6 @@ def is_registry_uri(source: str | Path) -> bool:
 
 def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI``, else the ``tracking.uri`` default (``sqlite:///mlflow.db``)."""
-    from tempstop.config import TrackingConfig
-
     return os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig().uri
 
 
@@ -93,10 +121,8 @@ def resolve_checkpoint(
 
 def _download(uri: str, tracking_uri: str | None, cache_dir: str | Path | None) -> tuple[Path, str | None]:
     """The checkpoint of a registry URI, downloaded once, and the model version it is."""
-    from tempstop.training.checkpoint import CheckpointError
-
-    try:
-        import mlflow
+    try:  # optional: the library without the `pipeline` extra has no registry
+        import mlflow.artifacts
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
     except ImportError:
@@ -105,23 +131,20 @@ def _download(uri: str, tracking_uri: str | None, cache_dir: str | Path | None) 
         ) from None
 
     tracking = tracking_uri or default_tracking_uri()
-    mlflow.set_tracking_uri(tracking)
     cache = Path(cache_dir) if cache_dir else MODEL_CACHE
     if uri.startswith("models:/"):
         name, alias, version = _parse_models_uri(uri)
-        client = MlflowClient(tracking)
+        client = MlflowClient(tracking, registry_uri=tracking)
         try:
-            if alias:
-                version = client.get_model_version_by_alias(name, alias).version
-            elif version is None:
-                versions = client.search_model_versions(f"name='{name}'")
-                if not versions:
-                    raise MlflowException(f"no versions of {name}")
-                version = max(versions, key=lambda v: int(v.version)).version
+            version = _resolve_version(client, name, alias, version)
         except MlflowException as exc:
             raise CheckpointError(f"cannot resolve {uri} in {tracking}: {str(exc).splitlines()[0]}") from None
+        if version is None:
+            raise CheckpointError(f"cannot resolve {uri} in {tracking}: no versions of {name}")
         target = cache / _safe(name) / f"v{version}"
-        artifacts = f"models:/{name}/{version}"
+        # The version's own artifact location: MLflow resolves a models:/ URI against its
+        # process-wide registry, not the registry_uri given to download_artifacts.
+        artifacts = client.get_model_version_download_uri(name, version)
     else:
         target = cache / "runs" / _safe(uri.removeprefix("runs:/"))
         artifacts, version = uri, None
@@ -129,7 +152,7 @@ def _download(uri: str, tracking_uri: str | None, cache_dir: str | Path | None) 
     if found is None:
         target.mkdir(parents=True, exist_ok=True)
         try:
-            mlflow.artifacts.download_artifacts(artifact_uri=artifacts, dst_path=str(target))
+            mlflow.artifacts.download_artifacts(artifact_uri=artifacts, dst_path=str(target), tracking_uri=tracking)
         except MlflowException as exc:
             raise CheckpointError(
                 f"cannot download {uri} from {tracking}: {str(exc).splitlines()[0]}"
@@ -139,6 +162,17 @@ def _download(uri: str, tracking_uri: str | None, cache_dir: str | Path | None) 
         raise CheckpointError(f"{uri} holds no checkpoint file ({', '.join(_CHECKPOINT_SUFFIXES)})")
     log.info("%s -> %s", uri, found)
     return found, version
+
+
+def _resolve_version(client, name: str, alias: str | None, version: str | None) -> str | None:
+    """The version an alias names, the version given, or the newest version of ``name``
+    (None: it has none)."""
+    if alias:
+        return client.get_model_version_by_alias(name, alias).version
+    if version is not None:
+        return version
+    versions = client.search_model_versions(f"name='{name}'")
+    return max(versions, key=lambda v: int(v.version)).version if versions else None
 
 
 def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:

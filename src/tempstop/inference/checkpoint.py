@@ -7,19 +7,22 @@ Layout (docs/ARCHITECTURE.md)::
      "epoch": int, "step": int, "phase": str, "best_metric": float, "metrics": {...}}
 
 Only tensors, numbers, strings, lists and dicts go in, so loading never runs pickled code.
-RNG states are converted to that vocabulary here (Python's and NumPy's are tuples of ints
-and arrays).
+This module owns the format: the trainer, ``tempstop train-phase`` and ``import-checkpoint``
+write it, evaluation, indexing and serving read it (the trainer's RNG states are converted to
+that vocabulary in :mod:`tempstop.training.rng`).
 """
 
 from __future__ import annotations
 
-import random
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from tempstop import model as model_module
+from tempstop.config import ConfigError, ProjectConfig
 from tempstop.utils import WriteError, atomic_write
 
 FORMAT = "tempstop-checkpoint/1"
@@ -29,43 +32,6 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not a TempMe-STOP checkpoint."""
 
 
-def capture_rng() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and CUDA generator states as weights-only-safe values."""
-    py_version, py_state, py_gauss = random.getstate()
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    return {
-        "python": {
-            "version": py_version,
-            "state": torch.tensor(py_state, dtype=torch.int64),
-            "gauss": py_gauss,
-        },
-        "numpy": {
-            "kind": np_kind,
-            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "gauss": float(np_gauss),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng`."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    keys = npy["keys"].numpy().astype(np.uint32)
-    np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["gauss"]))
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available():
-        if len(cuda) != torch.cuda.device_count():
-            # A different number of GPUs: the states cannot map one to one; seed-derived
-            # states on the new devices are the honest fallback.
-            return
-        torch.cuda.set_rng_state_all(cuda)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -73,12 +39,13 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
     A failed write (a full disk: torch reports ``basic_ios::clear: iostream error`` or
     ``PytorchStreamWriter failed writing file``) raises :class:`CheckpointError` naming the
-    file; the previous version of the file, if any, is left as it was.
+    file; the previous version of the file, if any, is left as it was. The same payload gives
+    the same bytes (a DVC output must not change when nothing did).
     """
     path = Path(path)
     payload = {"format": FORMAT, **payload}
     try:
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        atomic_write(path, lambda tmp: _torch_save(payload, tmp))
     except WriteError as exc:
         raise CheckpointError(str(exc)) from None
     except RuntimeError as exc:  # torch's writer (ENOSPC, EFBIG) fails this way
@@ -86,8 +53,39 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def _torch_save(payload: dict[str, Any], tmp: Path) -> None:
+    # Through a file object, not the path: given a path, torch names the archive's records after
+    # the file (here a random temporary name), so the same payload would differ in its bytes.
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class UnreadableFileError(ValueError):
+    """A file could not be read as a weights-only PyTorch file; the message is one line."""
+
+
+def load_weights_only(path: str | Path, map_location: str = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming ``path``: a pickle
+    that would run code is refused (never loaded with ``weights_only=False``), a file that is
+    no PyTorch file says so."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n|$)", text)
+        reason = found.group(1).strip() if found else (text.strip().splitlines() or ["unreadable"])[0]
+        if "Unsupported global" in reason:
+            raise UnreadableFileError(
+                f"{path}: refused: loading it would run pickled code ({reason}); only weights-only files are read"
+            ) from None
+        raise UnreadableFileError(f"{path}: not a PyTorch weights file ({reason})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnreadableFileError(f"{path}: not a readable PyTorch file ({first})") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -113,8 +111,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def checkpoint_config(ckpt: dict[str, Any], source: str = "checkpoint"):
     """The :class:`~tempstop.config.ProjectConfig` stored in a checkpoint; a config that does
     not validate is a :class:`CheckpointError` naming ``source`` and the key."""
-    from tempstop.config import ConfigError, ProjectConfig
-
     try:
         return ProjectConfig.from_dict(ckpt["config"], f"{source}: config")
     except ConfigError as exc:
@@ -151,7 +147,7 @@ def load_model_weights(
     model.load_state_dict(state_dict, strict=not fresh)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """Build the model a checkpoint describes and load its weights: ``(model, cfg, ckpt)``.
 
     Every weight comes from the checkpoint's state dict: its ``model.pretrained`` is ignored
@@ -160,27 +156,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     in eval mode on ``device``; ``ckpt`` is the checkpoint dict as loaded (on CPU), for its
     ``metrics``, ``epoch`` and so on.
     """
-    from tempstop.model import create_unified_model
-
     ckpt = load_checkpoint(path)
     cfg = checkpoint_config(ckpt, str(path))
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": None})})
     try:
-        model = create_unified_model(cfg)
+        # Through the module, so a test (or a user) that replaces the factory is obeyed here too.
+        model = model_module.create_unified_model(cfg)
     except ValueError as exc:  # e.g. a backbone this open_clip does not know
         raise CheckpointError(f"{path}: cannot build its model: {_first_line(exc)}") from None
     load_model_weights(model, ckpt["model"], str(path))
     model.to(device).eval()
     return model, cfg, ckpt
-
-
-def check_same_model(ckpt: dict[str, Any], cfg, source: str) -> None:
-    """Resuming needs the same model config; name the keys that differ."""
-    saved = checkpoint_config(ckpt, source).to_dict()["model"]
-    current = cfg.to_dict()["model"]
-    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    if diff:
-        details = ", ".join(f"model.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:5])
-        raise CheckpointError(
-            f"{source}: trained with another model config ({details}); resume with the same config"
-        )

@@ -7,16 +7,17 @@
 
 from __future__ import annotations
 
+from prefect.events import emit_event
+
+from tempstop_pipelines.fleet.locks import prefect_api
+
 CHAMPION_MOVED = "tempstop.champion.moved"
 MODEL_RESOURCE = "tempstop.model."
 
 
 def emit_champion_moved(name: str, version: str, previous: str | None, score: float | None) -> bool:
     """Send the event when a Prefect API is configured (``PREFECT_API_URL``); True if sent."""
-    from prefect.events import emit_event
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
+    if not prefect_api():
         return False
     event = emit_event(
         event=CHAMPION_MOVED,

@@ -1,26 +1,4 @@
-"""Vector index over L2-normalised embeddings (faiss): exact for small collections, IVF-SQ8 above.
-
-Scores are inner products (= cosine for unit vectors). ids are int64 >= 0 (a collection uses the
-row numbers of its manifest); -1 in a result means "no hit" (its score is -inf).
-
-Kinds (:class:`IndexSpec`):
-    ``flat``      exact: ``IndexFlatIP`` in an ``IndexIDMap``; every query scans every vector.
-    ``ivf-sq8``   ``IndexIVFScalarQuantizer``, 8 bits per dimension (4x smaller than float32),
-                  coarse centroids from spherical k-means, ids kept in the inverted lists.
-                  Scores are the quantised inner products (error ~1e-3).
-    ``ivf-flat``  the same with float32 codes (exact scores in the probed lists, 4x the memory).
-
-:func:`choose_index_spec`: ``flat`` below :data:`EXACT_MAX_N` vectors, ``ivf-sq8`` from there on;
-``nlist`` = the power of two nearest 4 sqrt(n) (>= 39 training vectors per list), ``nprobe`` =
-max(32, nlist / 64), k-means (10 iterations) on 40 vectors per list; then the build raises nprobe
-if recall@10 on indexed vectors falls short of :data:`TARGET_RECALL` (:func:`_calibrate_nprobe`).
-Why, measured on this 2-core AMD EPYC (``benchmarks/bench_index.py``: clustered synthetic unit
-vectors, D=512, one search thread; the machine was shared): at 10^6, IVF4096-SQ8 builds in 4-6.5
-min, takes 0.5 GB and with nprobe 64 reaches recall@10 0.981 (0.945 for text-like queries far from
-every vector) at a single-query p50 of 2.8-3.9 ms; nprobe 32 would save ~1 ms but give 0.918 on
-text-like queries. HNSW (M=32, efConstruction=64, efSearch=128), tried at 10^5: about the same
-build time, faster queries (0.5 ms, recall 0.986), but recall 0.70 on text-like queries (IVF:
-0.91) and ~4x the memory (float32 vectors + graph): not offered. IVF-flat: 4x the memory of SQ8.
+"""The faiss side of :mod:`tempstop.vector_index`: build, save, load, describe and search.
 
 Memory-mapped loading (:func:`load_index`, faiss >= 1.11 ``IO_FLAG_MMAP_IFC``): the vectors of
 ``flat`` and the inverted lists (codes and ids) of ``ivf-*`` stay in the file's page cache
@@ -30,8 +8,7 @@ it: faiss would abort the process).
 
 GPU: when ``faiss.get_num_gpus() > 0`` (a faiss-gpu build), k-means trains on the GPU and
 unfiltered searches run on a GPU copy; any failure falls back to the CPU silently (logged at
-debug level). Filtered searches run on the CPU index. faiss is imported inside functions, so
-``import tempstop`` works without it.
+debug level). Filtered searches run on the CPU index.
 """
 
 from __future__ import annotations
@@ -42,48 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
+
+from tempstop.utils import atomic_write
+from tempstop.vector_index.spec import MAX_K, TARGET_RECALL, IndexSpec, choose_index_spec
 
 log = logging.getLogger(__name__)
 
-EXACT_MAX_N = 50_000  # below this many vectors: exact search (flat)
-MAX_K = 1024  # results per query (GPU faiss allows up to 2048)
-KINDS = ("flat", "ivf-sq8", "ivf-flat")
-_IVF_PARAMS = ("nlist", "nprobe", "train_size", "niter", "calibrate")
-TARGET_RECALL = 0.95  # what nprobe calibration aims for (recall@10 against exact search)
-_MIN_PER_LIST = 39  # faiss' minimum training points per centroid
 _BATCH = 65_536  # rows per add / finiteness check
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """What to build: ``kind`` (one of :data:`KINDS`), its integer ``params``, and why (``reason``).
-
-    Round-trips through JSON: ``IndexSpec.from_dict(json.loads(json.dumps(spec.to_dict())))``.
-    """
-
-    kind: str
-    params: dict[str, int] = field(default_factory=dict)
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown vector index kind {self.kind!r}; expected one of {', '.join(KINDS)}")
-        for key, value in self.params.items():
-            if key not in (_IVF_PARAMS if self.kind.startswith("ivf") else ()):
-                allowed = ", ".join(_IVF_PARAMS) if self.kind.startswith("ivf") else "none"
-                raise ValueError(f"{self.kind}: unknown parameter {key!r} (allowed: {allowed})")
-            low = 0 if key == "calibrate" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{self.kind}: {key} must be an integer >= {low}, got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "params": dict(self.params), "reason": self.reason}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> IndexSpec:
-        return cls(str(data["kind"]), {str(k): v for k, v in (data.get("params") or {}).items()},
-                   str(data.get("reason", "")))  # fmt: skip
 
 
 @dataclass(eq=False)
@@ -103,53 +47,6 @@ class VectorIndex:
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
-
-
-# ---- choosing -----------------------------------------------------------------------------
-def _auto_params(kind: str, n: int) -> dict[str, int]:
-    """Default parameters of ``kind`` for ``n`` vectors (see the module docstring)."""
-    if kind.startswith("ivf"):
-        nlist = max(1, min(2 ** round(math.log2(max(4 * math.sqrt(n), 1))), n // _MIN_PER_LIST))
-        return {"nlist": nlist, "nprobe": min(nlist, max(32, nlist // 64)),
-                "train_size": max(1, min(n, 40 * nlist)), "niter": 10, "calibrate": 256}  # fmt: skip
-    return {}
-
-
-def _parse_override(override: str | dict | IndexSpec) -> tuple[str, dict[str, int]]:
-    """``"ivf-sq8"``, ``"ivf-sq8:nlist=1024,nprobe=32"``, a spec dict or an :class:`IndexSpec`."""
-    if isinstance(override, IndexSpec):
-        return override.kind, dict(override.params)
-    if isinstance(override, dict):
-        spec = IndexSpec.from_dict(override)
-        return spec.kind, dict(spec.params)
-    kind, _, rest = str(override).strip().lower().partition(":")
-    params: dict[str, int] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not value.strip().isdigit():
-            raise ValueError(f"vector index override {override!r}: expected key=integer, got {item!r}")
-        params[key.strip()] = int(value)
-    IndexSpec(kind.strip(), params)  # validates kind and parameter names
-    return kind.strip(), params
-
-
-def choose_index_spec(n: int, dim: int, override: str | dict | IndexSpec | None = None) -> IndexSpec:
-    """The index for ``n`` vectors of dimension ``dim``: ``flat`` below :data:`EXACT_MAX_N`,
-    ``ivf-sq8`` from there on, or ``override`` (``"auto"``/None: by size) with its missing
-    parameters filled in for ``n``. An IVF override on an empty collection gives ``flat``
-    (there is nothing to train on)."""
-    if n < 0 or dim < 1:
-        raise ValueError(f"need n >= 0 and dim >= 1, got n={n}, dim={dim}")
-    if override is not None and str(override).strip().lower() not in ("", "auto"):
-        kind, params = _parse_override(override)
-        if kind.startswith("ivf") and n == 0:
-            return IndexSpec("flat", {}, f"override {kind}: no vectors to train on, exact search")
-        if "nprobe" in params:  # given: keep it
-            params.setdefault("calibrate", 0)
-        return IndexSpec(kind, {**_auto_params(kind, n), **params}, f"override {override}")
-    if n < EXACT_MAX_N:
-        return IndexSpec("flat", {}, f"n={n} < {EXACT_MAX_N}: exact search")
-    return IndexSpec("ivf-sq8", _auto_params("ivf-sq8", n), f"n={n} >= {EXACT_MAX_N}: approximate search")
 
 
 # ---- validation ---------------------------------------------------------------------------
@@ -185,8 +82,6 @@ def _check_ids(ids: Any, n: int) -> np.ndarray:
 # ---- building -----------------------------------------------------------------------------
 def _new_index(spec: IndexSpec, dim: int) -> Any:
     """An empty faiss index for ``spec`` (IVF: untrained)."""
-    import faiss
-
     p, ip = spec.params, faiss.METRIC_INNER_PRODUCT
     if spec.kind == "flat":
         return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
@@ -201,8 +96,6 @@ def _new_index(spec: IndexSpec, dim: int) -> Any:
 
 def _train_ivf(index: Any, x: np.ndarray, spec: IndexSpec, gpu: bool) -> None:
     """Spherical k-means on a fixed random sample -> the coarse centroids, then the SQ ranges."""
-    import faiss
-
     nlist = spec.params["nlist"]
     if len(x) < nlist:
         raise ValueError(
@@ -249,8 +142,6 @@ def _calibrate_nprobe(index: VectorIndex, x: np.ndarray, ids: np.ndarray) -> Ind
     Only ever raises: indexed vectors are easier queries than text (they lie in their own list),
     so a lower nprobe that passes here could fail real queries; a harder collection than the
     benchmark's, where the default falls short, gets more probes."""
-    import faiss
-
     spec, nlist = index.spec, index.spec.params["nlist"]
     m = min(spec.params["calibrate"], len(x) - 11)
     if m < 1:
@@ -292,10 +183,6 @@ def add_vectors(index: VectorIndex, vectors: Any, ids: Any) -> None:
 def save_index(index: VectorIndex, path: str | Path) -> Path:
     """Write ``index`` to ``path`` atomically (temporary file + rename: readers, including ones
     that memory-mapped the old file, never see half a file)."""
-    import faiss
-
-    from tempstop.utils import atomic_write
-
     atomic_write(path, lambda tmp: faiss.write_index(index.index, str(tmp)))
     return Path(path)
 
@@ -303,8 +190,6 @@ def save_index(index: VectorIndex, path: str | Path) -> Path:
 def load_index(path: str | Path, mmap: bool = True, *, use_gpu: bool | None = None) -> VectorIndex:
     """Read an index written by :func:`save_index`; ``mmap``: memory-map its vectors or codes
     (read-only; see the module docstring for what stays in memory)."""
-    import faiss
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such vector index file")
@@ -323,8 +208,6 @@ def load_index(path: str | Path, mmap: bool = True, *, use_gpu: bool | None = No
 # ---- introspection ------------------------------------------------------------------------
 def _parts(raw: Any) -> tuple[str, Any]:
     """(kind, the index under any IDMap) of a faiss index written by this module."""
-    import faiss
-
     inner = faiss.downcast_index(raw.index) if isinstance(raw, faiss.IndexIDMap) else raw
     if isinstance(inner, faiss.IndexFlat):
         return "flat", inner
@@ -364,8 +247,6 @@ def describe(index: VectorIndex) -> dict[str, Any]:
 
 # ---- searching ----------------------------------------------------------------------------
 def _gpu_available() -> bool:
-    import faiss
-
     try:
         return hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0
     except Exception:  # a broken CUDA set-up: CPU
@@ -377,8 +258,6 @@ def _gpu_copy(index: VectorIndex) -> Any:
     if not index.use_gpu or index._gpu is False:
         return None
     if index._gpu is None:
-        import faiss
-
         try:
             index._gpu = faiss.index_cpu_to_all_gpus(index.index)
         except Exception as err:
@@ -390,8 +269,6 @@ def _gpu_copy(index: VectorIndex) -> Any:
 
 def _selector(allowed: Any) -> tuple[Any, int, np.ndarray]:
     """(faiss IDSelector, number of allowed ids, the array it reads: keep it alive)."""
-    import faiss
-
     allowed = np.asarray(list(allowed) if isinstance(allowed, set | frozenset) else allowed)
     if allowed.dtype == np.bool_:
         if allowed.ndim != 1:
@@ -414,8 +291,6 @@ def _selector(allowed: Any) -> tuple[Any, int, np.ndarray]:
 def _filtered_params(index: VectorIndex, sel: Any, n_allowed: int, exhaustive: bool = False) -> Any:
     """Search parameters with ``sel`` (or None); IVF probes 1/fraction-allowed times more lists,
     so a selective filter still finds its best ids (``exhaustive``: every IVF list)."""
-    import faiss
-
     kind, inner = _parts(index.index)
     boost = len(index) / max(1, min(n_allowed, len(index)))
     if kind.startswith("ivf"):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tempstop_pipelines.env import telemetry_off
+
 
 def chdir_to_checkout(variable: str = "TEMPSTOP_ROOT") -> dict[str, str]:
     """Change into the checkout named by the worker's ``variable`` (``make prefect-worker``
@@ -23,3 +25,11 @@ def chdir_to_checkout(variable: str = "TEMPSTOP_ROOT") -> dict[str, str]:
         raise RuntimeError(f"{variable}={root} is not a checkout of this project (no prefect.yaml there)")
     os.chdir(root)
     return {"directory": root}
+
+
+def switch_off_telemetry() -> dict[str, str]:
+    """Set the telemetry switches of ``pipelines/telemetry.env`` in the flow run's process
+    before its flow (and MLflow, DVC...) is imported: a worker started without the Makefile
+    does not have them. Returns nothing for later steps."""
+    telemetry_off()
+    return {}

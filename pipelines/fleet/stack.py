@@ -12,7 +12,7 @@ the state (``stack.json``: ports and process ids) and a DVC remote folder (``dvc
 a fleet, put it on storage every machine mounts, or use S3/SSH). MLflow and Prefect keep their
 metadata in their own PostgreSQL databases, so every machine that reaches this one shares one
 registry and one Prefect API. Prefect keeps its concurrency leases (the fleet's locks,
-pipelines/locks.py) in files under its home, so a server restart does not lose who holds what.
+pipelines/fleet/locks.py) in files under its home, so a server restart does not lose who holds what.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psycopg2
+import requests
+
+from tempstop_pipelines.env import TELEMETRY_OFF
 
 PG_BIN = Path(os.environ.get("TEMPSTOP_PG_BIN", "/usr/lib/postgresql/15/bin"))
 DEFAULT_PORTS = {"postgres": 55432, "mlflow": 5000, "prefect": 4200}
@@ -85,6 +90,7 @@ class Stack:
 
     # ---- state ---------------------------------------------------------------------------
     def state(self) -> dict:
+        """What ``stack.json`` records (ports, process ids, artifact store); empty before the first up."""
         return json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
 
     def _save(self, state: dict) -> None:
@@ -170,8 +176,6 @@ class Stack:
         self._create_databases(state)
 
     def _create_databases(self, state: dict) -> None:
-        import psycopg2
-
         creds = self._credentials()
         conn = psycopg2.connect(host="127.0.0.1", port=state["ports"]["postgres"], user="admin",
                                 password=creds["admin"], dbname="postgres")  # fmt: skip
@@ -193,8 +197,7 @@ class Stack:
 
     def _start_server(self, name: str, state: dict) -> int:
         urls, port = self.urls(state), str(state["ports"][name])
-        env = {**os.environ, "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+        env = {**os.environ, **TELEMETRY_OFF, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
         if name == "mlflow":
             args = [str(BIN / "mlflow"), "server", "--backend-store-uri", urls["mlflow_db"], "--artifacts-destination",
                     state["artifacts"], "--host", "127.0.0.1", "--port", port, "--workers", "2"]  # fmt: skip
@@ -211,8 +214,6 @@ class Stack:
         return f"http://127.0.0.1:{port}/health" if name == "mlflow" else f"http://127.0.0.1:{port}/api/health"
 
     def _healthy(self, name: str, state: dict) -> bool:
-        import requests
-
         pid = state.get("pids", {}).get(name)
         if pid is None or not _alive(pid):
             return False

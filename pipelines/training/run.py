@@ -7,7 +7,7 @@
 trainer, what belongs at the edge: the tracking store is checked first, the MLflow run (with
 the caller's tags) and TensorBoard are callbacks, and the best checkpoint is registered. Its
 data are frame stores; ``tempstop train`` extracts raw split folders before
-(:func:`~.stages.train.frame_stores`).
+(:func:`tempstop_pipelines.stages.train.frame_stores`).
 
 :func:`launch` runs it in this process, or on several GPUs under torchrun: then the whole
 run (config, phases, weights to start from, tags) goes to the workers as one JSON file
@@ -24,8 +24,25 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tempstop.config import ProjectConfig
+from tempstop.config import ConfigError, ProjectConfig
+from tempstop.data.annotations import AnnotationError
+from tempstop.data.extract import ExtractError
+from tempstop.data.store import StoreError
+from tempstop.inference.checkpoint import CheckpointError
+from tempstop.training.distributed import cleanup, init_distributed
+from tempstop.training.setup import TrainingError
 from tempstop.training.state import Phase
+from tempstop.training.trainer import UnifiedModelTrainer
+from tempstop_pipelines.fleet.locks import LockTimeout
+from tempstop_pipelines.tracking import runs as tracking  # tracking.X: tests replace X on the module
+from tempstop_pipelines.tracking.callbacks import MlflowCallback, TensorBoardCallback
+
+#: The errors whose one-line message is all a user needs. OSError: a file that cannot be read
+#: or written (a full disk: tempstop.utils.WriteError).
+TRAINING_ERRORS: tuple[type[Exception], ...] = (
+    TrainingError, CheckpointError, StoreError, tracking.TrackingError, AnnotationError, ExtractError,
+    ConfigError, LockTimeout, OSError,
+)  # fmt: skip
 
 
 @dataclass
@@ -39,10 +56,12 @@ class TrainingRun:
     tags: dict[str, str] = field(default_factory=dict)
     device: str | None = None
     progress: bool = True
-    #: Record every full checkpoint in the MLflow run (what a retry resumes from, .recovery).
+    #: Record every full checkpoint in the MLflow run (what a retry resumes from:
+    #: :mod:`tempstop_pipelines.fleet.recovery`).
     log_checkpoints: bool = False
 
     def to_json(self, path: str | Path) -> None:
+        """Write the run as JSON (what each torchrun process reads with :meth:`from_json`)."""
         doc = {"config": self.config.to_dict(), "phases": None if self.phases is None else
                [p.to_dict() for p in self.phases], "init_from": self.init_from, "resume": self.resume,
                "tags": self.tags, "device": self.device, "progress": self.progress,
@@ -51,6 +70,7 @@ class TrainingRun:
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrainingRun:
+        """The run :meth:`to_json` wrote to ``path``."""
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         phases = doc.pop("phases")
         return cls(
@@ -78,15 +98,10 @@ def run_training(
     Raises one-line errors (:func:`training_errors`) for anything the user can fix: data,
     sizes, the resume file, the tracking store, non-finite losses.
     """
-    from tempstop.training.distributed import cleanup, init_distributed
-    from tempstop.training.trainer import UnifiedModelTrainer
-
-    from .tracking import check_tracking
-
     info = init_distributed(device)
     try:
         if info.is_main:
-            check_tracking(cfg)  # an unreachable tracking server is reported before any work
+            tracking.check_tracking(cfg)  # an unreachable tracking server is reported before any work
         trainer = UnifiedModelTrainer(
             cfg, resume=resume, init_from=init_from, device=device, progress=progress, phases=phases
         )
@@ -100,15 +115,12 @@ def run_training(
 
 def _train_tracked(trainer, cfg: ProjectConfig, tags: dict[str, str], log_checkpoints: bool = False) -> dict:
     """Train on the main process with the MLflow and TensorBoard callbacks; register the best."""
-    from .callbacks import MlflowCallback, TensorBoardCallback
-    from .tracking import open_tracker
-
     t = cfg.training
     tags.setdefault("train_mode", "+".join(dict.fromkeys(p.mode for p in trainer.phases)))
     run_name = "-".join(filter(None, (tags.get("stage"), t.mode, f"seed{t.seed}")))
     out = Path(t.checkpoint_dir)
     with ExitStack() as stack:
-        tracker = stack.enter_context(open_tracker(cfg, job="train", run_name=run_name, tags=tags))
+        tracker = stack.enter_context(tracking.open_tracker(cfg, job="train", run_name=run_name, tags=tags))
         board = TensorBoardCallback(out / "logs")
         stack.callback(board.close)  # also when training fails
         trainer.callbacks += [MlflowCallback(tracker, out if log_checkpoints else None), board]
@@ -150,21 +162,8 @@ def run_training_from(run: TrainingRun) -> dict | None:
 
 
 def training_errors() -> tuple[type[Exception], ...]:
-    """The exceptions whose one-line message is all a user needs (imported when asked for, so
-    that ``tempstop --help`` does not import torch)."""
-    from tempstop.config import ConfigError
-    from tempstop.data.annotations import AnnotationError
-    from tempstop.data.extract import ExtractError
-    from tempstop.data.store import StoreError
-    from tempstop.training.checkpoint import CheckpointError
-    from tempstop.training.setup import TrainingError
-
-    from .locks import LockTimeout
-    from .tracking import TrackingError
-
-    # OSError: a file that cannot be read or written (a full disk: tempstop.utils.WriteError).
-    return (TrainingError, CheckpointError, StoreError, TrackingError, AnnotationError, ExtractError,
-            ConfigError, LockTimeout, OSError)  # fmt: skip
+    """The exceptions whose one-line message is all a user needs (:data:`TRAINING_ERRORS`)."""
+    return TRAINING_ERRORS
 
 
 def error_message(exc: BaseException) -> str:
