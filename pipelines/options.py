@@ -69,15 +69,20 @@ class ModelJob(ProgressJob):
         ProgressJob.add_arguments(parser)
 
 
-def load_params(args: argparse.Namespace) -> ProjectConfig:
-    """The file named by ``--params`` (else params.yaml if present, else the defaults) plus
-    ``--set``, validated here, once."""
-    path = getattr(args, "params", None)
+def project_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                   source: str = "overrides") -> ProjectConfig:  # fmt: skip
+    """The config of a command or a flow run: ``path`` (else params.yaml in the working
+    directory if there is one, else the defaults) with dotted-key ``overrides``, validated."""
     if path is None and Path(DEFAULT_PARAMS).is_file():
         path = DEFAULT_PARAMS
     cfg = ProjectConfig.from_file(path) if path else ProjectConfig()
+    return cfg.with_overrides(overrides, source) if overrides else cfg
+
+
+def load_params(args: argparse.Namespace) -> ProjectConfig:
+    """The file named by ``--params`` plus ``--set`` (:func:`project_config`), validated here, once."""
     overrides = getattr(args, "overrides", None)
-    return cfg.with_overrides(parse_overrides(overrides), "--set") if overrides else cfg
+    return project_config(getattr(args, "params", None), parse_overrides(overrides) if overrides else None, "--set")
 
 
 def run_tags(args: argparse.Namespace) -> dict[str, str]:

@@ -25,9 +25,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tempstop.config import ProjectConfig
 from tempstop.data.annotations import find_splits
 from tempstop.data.extract import extract_shard, finish_split, plan_split
+from tempstop_pipelines.options import project_config
 
 FLOW_NAME = "tempstop-extract"
 
@@ -49,9 +49,7 @@ def extract_flow(
     (decoding processes per task) override ``extract.shard_size`` and ``extract.workers``.
     Returns the summaries of ``tempstop extract`` by split."""
     logger = get_run_logger()
-    if params is None and Path("params.yaml").is_file():
-        params = "params.yaml"
-    cfg = ProjectConfig.from_file(params) if params else ProjectConfig()
+    cfg = project_config(params)
     size = shard_size or cfg.extract.shard_size
     n_workers = cfg.extract.workers if workers is None else workers
     root, target = Path(data), Path(out)

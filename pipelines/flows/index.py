@@ -31,9 +31,9 @@ from prefect.cache_policies import NO_CACHE
 
 from tempstop.collection import IndexSettings, build, shards
 from tempstop.collection import manifest as mf
-from tempstop.config import load_config
 from tempstop.inference import model_from_checkpoint, open_model, pick_device
-from tempstop_pipelines.stages.index import Index, index_config, trained_input
+from tempstop_pipelines.options import project_config
+from tempstop_pipelines.stages.index import Index, index_config
 
 FLOW_NAME = "tempstop-index"
 
@@ -66,12 +66,12 @@ def index_flow(
 ) -> dict:  # fmt: skip
     """Index ``videos`` into ``out`` with ``checkpoint``; returns the summary of ``tempstop index``."""
     logger, t0 = get_run_logger(), time.perf_counter()
-    cfg = load_config(params or ("params.yaml" if Path("params.yaml").is_file() else None))
+    cfg = project_config(params)
     job = Index(checkpoint=checkpoint, out=out, videos=videos, shard_size=shard_size, batch_size=batch_size,
                 workers=workers, timeout_s=timeout_s)  # fmt: skip
     opts = index_config(cfg, job, "flow parameters")
     loaded = open_model(checkpoint, "cpu", tracking_uri)
-    settings = IndexSettings.for_model(loaded.model, opts, *trained_input(loaded.config))
+    settings = IndexSettings.for_model(loaded.model, opts)
     root, target = Path(videos).resolve(), Path(out)
     manifest, todo, known, found = build.plan_update(root, target, settings, loaded.identity, loaded.model.embed_dim)
     jobs = shards.plan_shards(todo, opts.shard_size, loaded.identity["sha256"], settings.recorded())

@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from tempstop.config import ProjectConfig, TrainingConfig, load_config
+from tempstop.config import ProjectConfig, TrainingConfig
+from tempstop_pipelines.options import project_config
 from tempstop_pipelines.stages import demo_data, evaluate, extract, index, plots, train_phase, validate
 from tempstop_pipelines.stages import promote as promotion
 
@@ -171,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke_dvc:
         print(" ".join(shlex.quote(a) for a in dvc_set_args(SMOKE_OVERRIDES)))
         return 0
-    cfg = load_config("params.yaml" if Path("params.yaml").is_file() else None)
-    if args.mode:
-        cfg = cfg.with_overrides({"training.mode": args.mode}, "--mode")
+    cfg = project_config(overrides={"training.mode": args.mode} if args.mode else None, source="--mode")
     for step in pipeline_steps(Paths.from_dvc_yaml(), cfg.training, pass_through=True):
         print(step.describe())
     return 0

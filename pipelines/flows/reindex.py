@@ -17,12 +17,11 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tempstop.config import load_config
+from tempstop_pipelines.options import project_config
 from tempstop_pipelines.stages.reindex import Reindex, reindex_collection
 
 FLOW_NAME = "tempstop-reindex"
@@ -35,9 +34,7 @@ RESULT_KEYS = ("version", "previous", "videos", "embedded", "reused", "failed", 
 @task(name="reindex", cache_policy=NO_CACHE, log_prints=True)
 def reindex_task(job: Reindex, params: str | None, tracking_uri: str | None) -> dict:
     """Re-embed the collection into a new version of ``job.index`` with ``job.checkpoint``."""
-    cfg = load_config(params or ("params.yaml" if Path("params.yaml").is_file() else None))
-    if tracking_uri:
-        cfg = cfg.with_overrides({"tracking.uri": tracking_uri}, "flow parameters")
+    cfg = project_config(params, {"tracking.uri": tracking_uri} if tracking_uri else None, "flow parameters")
     summary = reindex_collection(cfg, job)
     get_run_logger().info("%s: CURRENT -> %s (was %s), %d videos, %d embedded", job.index, summary["version"],
                           summary["previous"], summary["videos"], summary["embedded"])  # fmt: skip

@@ -39,7 +39,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 
-from tempstop.config import ProjectConfig, load_config
+from tempstop.config import ProjectConfig
 from tempstop_pipelines.fleet.recovery import end_dead_runs
 from tempstop_pipelines.fleet.shared_data import (
     DATA_STAGES,
@@ -48,6 +48,7 @@ from tempstop_pipelines.fleet.shared_data import (
     repro_and_push,
 )
 from tempstop_pipelines.flows.plan import SMOKE_OVERRIDES, Paths, Step, pipeline_steps, run_step
+from tempstop_pipelines.options import project_config
 from tempstop_pipelines.tracking.provenance import locked_hashes
 from tempstop_pipelines.tracking.runs import check_tracking, tracking_uri
 
@@ -89,12 +90,6 @@ def worker_name() -> str:
         if labels.get("prefect.worker.name"):
             return str(labels["prefect.worker.name"])
     return f"{socket.gethostname()} (no worker)"
-
-
-def _effective_config(params: str | None, overrides: dict[str, Any]) -> ProjectConfig:
-    path = params or ("params.yaml" if Path("params.yaml").is_file() else None)
-    cfg = load_config(path)
-    return cfg.with_overrides(overrides, "flow overrides") if overrides else cfg
 
 
 def _run_tags(cfg: ProjectConfig, paths: Paths, generate_demo: bool) -> tuple[dict[str, str], str | None]:
@@ -148,7 +143,7 @@ def retrain(
     values: dict[str, Any] = {**(SMOKE_OVERRIDES if smoke else {}), **(overrides or {})}
     if mode:
         values["training.mode"] = mode
-    cfg = _effective_config(params, values)  # validates every override before any work
+    cfg = project_config(params, values, "flow overrides")  # validates every override before any work
     paths = Paths.from_dvc_yaml()
     if data:
         paths = paths.with_data(data)

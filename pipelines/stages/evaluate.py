@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from tempstop.config import ProjectConfig
 from tempstop.evaluation import evaluate_store
-from tempstop.inference import open_model, pick_device
+from tempstop.inference import model_from_checkpoint, pick_device
+from tempstop.inference.sources import resolve_checkpoint
 from tempstop.utils import atomic_write_json
 from tempstop_pipelines.options import ModelJob, add_params_arg, add_tags_arg
 from tempstop_pipelines.stages.splits import DATA_ERRORS, open_split
@@ -88,8 +89,8 @@ def evaluate(params: ProjectConfig, job: Evaluate) -> dict:
     """The evaluation JSON of ``job.checkpoint`` on ``job.data`` (``params``: what params.yaml
     says; the model, its frame count and size come from the checkpoint)."""
     device = pick_device(job.device)
-    loaded = open_model(job.checkpoint, device, tracking_uri(params))
-    trained, model = loaded.config, loaded.model
+    # The model and the config it was trained with; not its identity (no hash of the file needed).
+    model, trained, _ = model_from_checkpoint(resolve_checkpoint(job.checkpoint, tracking_uri(params)), device)
     store, split_name = open_split(params, trained, model, job.data, job.split, job.cache, job.datatype,
                                    job.progress)  # fmt: skip
     metrics = evaluate_store(

@@ -84,12 +84,6 @@ def index_config(cfg: ProjectConfig, job: Any, source: str = "command line") -> 
     return cfg.with_overrides(given, source).index if given else section
 
 
-def trained_input(trained: ProjectConfig) -> tuple[int, int]:
-    """``(frames, size)`` a checkpoint's config trained its model on (for a model that does
-    not say them itself)."""
-    return trained.model.frames, trained.model.image_size or trained.extract.size
-
-
 def run(cfg: ProjectConfig, job: Index, tags: dict[str, str] | None = None) -> int:
     """Build or update the index; exit 2 with one line when the checkpoint or data cannot be used."""
     device = pick_device(job.device)
@@ -97,11 +91,11 @@ def run(cfg: ProjectConfig, job: Index, tags: dict[str, str] | None = None) -> i
     try:
         loaded = open_model(job.checkpoint, device, tracking_uri(cfg))
         if job.videos:
-            settings = IndexSettings.for_model(loaded.model, opts, *trained_input(loaded.config))
+            settings = IndexSettings.for_model(loaded.model, opts)
             summary = index_videos(loaded.model, job.videos, job.out, settings, loaded.identity, device, job.progress)
-        else:
+        else:  # the store holds what gets embedded (open_split checked it fits the model)
             store, _ = open_split(cfg, loaded.config, loaded.model, job.data, job.split, job.cache, None, job.progress)
-            settings = IndexSettings.for_model(loaded.model, opts, store.frames, store.size)
+            settings = IndexSettings(store.frames, store.size, opts)
             summary = index_store(loaded.model, store, job.out, settings, loaded.identity, device, job.progress)
     except (*DATA_ERRORS, CollectionError, ValueError) as exc:
         print(f"tempstop index: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ from tempstop.collection.versions import reindex
 from tempstop.config import ProjectConfig
 from tempstop.inference import CheckpointError, open_model, pick_device
 from tempstop_pipelines.options import add_params_arg
-from tempstop_pipelines.stages.index import IndexingJob, index_config, trained_input
+from tempstop_pipelines.stages.index import IndexingJob, index_config
 from tempstop_pipelines.tracking.runs import tracking_uri
 
 
@@ -46,7 +46,7 @@ def reindex_collection(cfg: ProjectConfig, job: Reindex) -> dict:
     device = pick_device(job.device)
     opts = index_config(cfg, job)
     loaded = open_model(job.checkpoint, device, tracking_uri(cfg))
-    settings = IndexSettings.for_model(loaded.model, opts, *trained_input(loaded.config))
+    settings = IndexSettings.for_model(loaded.model, opts)
     return reindex(job.index, loaded.model, loaded.identity, settings, job.videos, device, job.progress)
 
 

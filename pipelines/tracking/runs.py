@@ -82,7 +82,7 @@ def _tracking_section(cfg: Any):
 
 def tracking_uri(cfg: Any = None) -> str:
     """The effective tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or _tracking_section(cfg).uri
+    return _tracking_section(cfg).effective_uri()
 
 
 def tracking_enabled(cfg: Any = None) -> bool:

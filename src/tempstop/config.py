@@ -18,6 +18,7 @@ Sections are small models so that each component receives only its own part
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -26,7 +27,6 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from tempstop.config_files import (
     LegacyKeyError,
-    first_line,
     format_errors,
     parse_yaml,
     read_text,
@@ -41,7 +41,7 @@ from tempstop.config_model import (
     Variant,
     _Section,
 )
-from tempstop.utils import atomic_write_text
+from tempstop.utils import atomic_write_text, first_line
 from tempstop.vector_index.spec import parse_index_spec
 
 # The model section's classes live in tempstop.config_model; this module is the one place
@@ -255,6 +255,10 @@ class TrackingConfig(_Section):
     # How long the end of a run waits for an unreachable tracking server to take the records
     # kept meanwhile (then it warns, naming what was not recorded).
     flush_timeout_s: float = Field(120.0, ge=0)
+
+    def effective_uri(self) -> str:
+        """``$MLFLOW_TRACKING_URI`` when set (the MLflow convention), else :attr:`uri`."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.uri
 
 
 #: Keys that moved, old spelling -> new (checkpoints and configs written before still load).

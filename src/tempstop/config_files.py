@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tempstop.utils import first_line
+
 
 class LegacyKeyError(ValueError):
     """A key is given both under its earlier and its current name, with different values."""
@@ -72,13 +74,6 @@ def read_text(path: Path, error: type[Exception]) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{path}: cannot read: {first_line(exc)}") from None
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (a deep recursion says so)."""
-    if isinstance(exc, RecursionError):
-        return "nested too deeply"
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def format_errors(exc: ValidationError, source: str) -> str:

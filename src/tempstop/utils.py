@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for one-line errors (a deep recursion says so)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class WriteError(OSError):
     """A file could not be written (a full disk, a read-only folder); the message names it."""
 

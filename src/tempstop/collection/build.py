@@ -47,11 +47,10 @@ class IndexSettings:
     index: IndexConfig = field(default_factory=IndexConfig)
 
     @classmethod
-    def for_model(cls, model, index: IndexConfig, frames: int | None = None, size: int | None = None) -> IndexSettings:
-        """The settings that feed ``model`` the frames it was trained on: its own frame count
-        and size, else ``frames`` and ``size`` (e.g. its checkpoint's config, or a store's)."""
-        own_frames, own_size = model_input(model)
-        frames, size = own_frames or frames, own_size or size
+    def for_model(cls, model, index: IndexConfig) -> IndexSettings:
+        """The settings that feed ``model`` the frames it was trained on (its frame count and
+        frame size: ``model.num_frames``, ``model.image_size``)."""
+        frames, size = model_input(model)
         if frames is None or size is None:
             raise mf.CollectionError("the model does not say its frame count and size; cannot index with it")
         return cls(frames, size, index)

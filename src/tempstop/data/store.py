@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tempstop.utils import atomic_write_json
+from tempstop.utils import atomic_write_json, first_line
 from tempstop.utils import remove_stale_temporaries as remove_stale
 
 INDEX_FILE = "index.json"
@@ -238,8 +238,7 @@ class FrameStore:
         except EOFError:  # np.load of an empty file
             raise StoreError(f"{path}: array of item {item['key']!r} is empty (0 bytes)") from None
         except (ValueError, OSError) as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise StoreError(f"{path}: array of item {item['key']!r} is unreadable: {reason}") from None
+            raise StoreError(f"{path}: array of item {item['key']!r} is unreadable: {first_line(exc)}") from None
         expected = (self.frames, self.size, self.size, 3)
         if frames.shape != expected or frames.dtype != np.uint8:
             raise StoreError(

@@ -1,15 +1,11 @@
 """Checkpoint files: self-describing, atomic, loadable with ``torch.load(weights_only=True)``.
 
-Layout (docs/ARCHITECTURE.md)::
-
-    {"format": "tempstop-checkpoint/1", "config": cfg.to_dict(), "model": state_dict,
-     "optimizer": ..., "scheduler": ..., "scaler": ..., "rng": ..., "sampler": ...,
-     "epoch": int, "step": int, "phase": str, "best_metric": float, "metrics": {...}}
-
-Only tensors, numbers, strings, lists and dicts go in, so loading never runs pickled code.
-This module owns the format: the trainer, ``tempstop train-phase`` and ``import-checkpoint``
-write it, evaluation, indexing and serving read it (the trainer's RNG states are converted to
-that vocabulary in :mod:`tempstop.training.rng`).
+The layout (``"format": "tempstop-checkpoint/1"``, the config, the state dict, and in full
+checkpoints the optimiser, schedule, RNG and sampler states and the history) is in
+docs/design.md §7. Only tensors, numbers, strings, lists and dicts go in, so loading never
+runs pickled code. This module owns the format: the trainer, ``tempstop train-phase`` and
+``import-checkpoint`` write it, evaluation, indexing and serving read it (the trainer's RNG
+states are converted to that vocabulary in :mod:`tempstop.training.rng`).
 """
 
 from __future__ import annotations
@@ -23,15 +19,13 @@ import torch
 
 from tempstop import model as model_module
 from tempstop.config import ConfigError, ProjectConfig
-from tempstop.utils import WriteError, atomic_write
+from tempstop.utils import WriteError, atomic_write, first_line
 
 FORMAT = "tempstop-checkpoint/1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not a TempMe-STOP checkpoint."""
-
-
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -49,7 +43,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     except WriteError as exc:
         raise CheckpointError(str(exc)) from None
     except RuntimeError as exc:  # torch's writer (ENOSPC, EFBIG) fails this way
-        raise CheckpointError(f"{path}: cannot write ({_first_line(exc)}); is the disk full?") from None
+        raise CheckpointError(f"{path}: cannot write ({first_line(exc)}); is the disk full?") from None
     return path
 
 
@@ -58,10 +52,6 @@ def _torch_save(payload: dict[str, Any], tmp: Path) -> None:
     # the file (here a random temporary name), so the same payload would differ in its bytes.
     with open(tmp, "wb") as f:
         torch.save(payload, f)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class UnreadableFileError(ValueError):
@@ -84,8 +74,7 @@ def load_weights_only(path: str | Path, map_location: str = "cpu") -> Any:
             ) from None
         raise UnreadableFileError(f"{path}: not a PyTorch weights file ({reason})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UnreadableFileError(f"{path}: not a readable PyTorch file ({first})") from None
+        raise UnreadableFileError(f"{path}: not a readable PyTorch file ({first_line(exc)})") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -96,7 +85,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / foreign files
-        raise CheckpointError(f"{path}: cannot read checkpoint: {_first_line(exc)}") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint: {first_line(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a TempMe-STOP checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else None!r}, "
@@ -163,7 +152,7 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         # Through the module, so a test (or a user) that replaces the factory is obeyed here too.
         model = model_module.create_unified_model(cfg)
     except ValueError as exc:  # e.g. a backbone this open_clip does not know
-        raise CheckpointError(f"{path}: cannot build its model: {_first_line(exc)}") from None
+        raise CheckpointError(f"{path}: cannot build its model: {first_line(exc)}") from None
     load_model_weights(model, ckpt["model"], str(path))
     model.to(device).eval()
     return model, cfg, ckpt

@@ -15,7 +15,6 @@ call: nothing here changes MLflow's process-wide settings, and nothing is tracke
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +99,7 @@ def is_registry_uri(source: str | Path) -> bool:
 
 def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI``, else the ``tracking.uri`` default (``sqlite:///mlflow.db``)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or TrackingConfig().uri
+    return TrackingConfig().effective_uri()
 
 
 def resolve_checkpoint(
